@@ -1,0 +1,5 @@
+"""`python -m scalpnet <verb>`."""
+
+from scalpnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""`python -m scalpnet <verb>`: argument parsing only; the work lives in the modules.
+
+Every verb's handler imports its module lazily, so `--help` and the data verbs
+never pay for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scalpnet import __version__
+from scalpnet.errors import ScalpNetError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+# --------------------------------------------------------------------------- prepare
+def _add_prepare(verbs) -> Handler:
+    p = verbs.add_parser(
+        "prepare",
+        help="raw photos -> processed 256x256 PNGs + labels.csv",
+        description="Resize, median-blur and split a dataset; write labels.csv.",
+    )
+    p.add_argument("--data", type=Path, required=True,
+                   help="the Kaggle 'Hair Diseases - Final' folder, a folder of class folders, "
+                        "or a CSV of image paths with one 0/1 column per condition")
+    p.add_argument("--out", type=Path, default=Path("data/processed"), help="output folder")
+    p.add_argument("--image-size", type=int, default=256, help="output side in pixels")
+    p.add_argument("--split", choices=["auto", "random", "grouped"], default="auto",
+                   help="auto: keep the dataset's own train/val/test folders when it has them, "
+                        "else a stratified random 8:1:1; random: always re-split 8:1:1; "
+                        "grouped: 8:1:1 with near-duplicate photos kept in one split")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import prepare
+
+        prepare.run_cli(args)
+        return 0
+
+    return run
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(verbs) -> Handler:
+    p = verbs.add_parser(
+        "synth",
+        help="make a learnable fake dataset in the Kaggle layout",
+        description="Write synthetic scalp-like images, N per condition, in the Kaggle layout.",
+    )
+    p.add_argument("--out", type=Path, default=Path("data/synthetic"), help="output folder")
+    p.add_argument("--per-class", type=int, default=100, help="images per condition")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import synthetic
+
+        synthetic.run_cli(args)
+        return 0
+
+    return run
+
+
+VERBS: tuple[Callable[[argparse._SubParsersAction], Handler], ...] = (
+    _add_prepare,
+    _add_synth,
+)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m scalpnet",
+        description="ScalpNet: classify scalp conditions from photos.",
+    )
+    parser.add_argument("--version", action="version", version=f"scalpnet {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    handlers = {}
+    for add in VERBS:
+        handler = add(verbs)
+        handlers[next(reversed(verbs.choices))] = handler
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; a user mistake prints one line on stderr and returns 2."""
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.verb](args) or 0
+    except ScalpNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,21 @@
+"""The exceptions a user can cause. The CLI prints them as one line, exit code 2."""
+
+
+class ScalpNetError(Exception):
+    """Base class: something the user gave us is wrong; the message says what and why."""
+
+
+class InvalidImageError(ScalpNetError):
+    """A file or upload could not be read as an image (empty, truncated, not an image, too large)."""
+
+
+class DatasetError(ScalpNetError):
+    """A dataset folder, CSV or split is missing, malformed or inconsistent."""
+
+
+class ModelNotFoundError(ScalpNetError):
+    """No usable model at the given run folder, path or URL."""
+
+
+class WeightsUnavailableError(ScalpNetError):
+    """Pretrained weights could not be downloaded or read."""
