@@ -96,6 +96,32 @@ class AdvisorConfig:
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, Any] | None = None, **overrides: Any) -> AdvisorConfig:
+        """A config from ``GEMINI_MODEL``, ``GEMINI_BASE_URL``, ``GEMINI_API_VERSION`` and
+        ``GEMINI_TIMEOUT_S`` in ``env`` (default ``os.environ``; the app may pass a dict
+        merged from st.secrets). Unusable values are skipped with a warning, never raised.
+        """
+        env = os.environ if env is None else env
+        fields = {
+            "GEMINI_MODEL": ("model", str),
+            "GEMINI_BASE_URL": ("base_url", str),
+            "GEMINI_API_VERSION": ("api_version", str),
+            "GEMINI_TIMEOUT_S": ("timeout_s", float),
+        }
+        values: dict[str, Any] = {}
+        for name, (field, kind) in fields.items():
+            raw = env.get(name)
+            if raw is None or not str(raw).strip():
+                continue
+            try:
+                values[field] = kind(str(raw).strip())
+                cls(**{field: values[field]})  # validate this one value
+            except ValueError:
+                logger.warning("ignoring %s=%r: not a valid %s", name, raw, field)
+                values.pop(field, None)
+        return cls(**{**values, **overrides})
+
 
 class Reason(enum.StrEnum):
     """Why live text is missing or cut (``Advice.reason``); compares equal to its string."""
@@ -467,6 +493,14 @@ class Advice:
                 if chunk:
                     self._chunks.append(chunk)
                     yield chunk
+        except Exception as exc:  # the promise: never raise to the caller
+            logger.warning("advice failed unexpectedly (%s)", type(exc).__name__)
+            notice, text = _LAST_RESORT.get(self.language, _LAST_RESORT["en"])
+            self.source = "partial" if self._live else "offline"
+            self.reason = self.reason or Reason.SERVICE_ERROR
+            self.notice = self.notice or notice
+            self._chunks.append(text)
+            yield text
         finally:
             self.done = True
 
@@ -543,7 +577,6 @@ def follow_up(
     """
     config = config or AdvisorConfig()
     language = _language(language)
-    history = list(history or [])
 
     def fallback() -> str:
         names = ", ".join(
@@ -560,7 +593,7 @@ def follow_up(
             return
         yield from _run(
             advice,
-            turns=lambda: build_conversation(prediction, history, question, language, config),
+            turns=lambda: build_conversation(prediction, history or (), question, language, config),
             language=language,
             fallback=fallback,
             api_key=api_key,
@@ -616,14 +649,22 @@ def _run(
     yield text
 
 
+# Hard-coded, so that they work even when facts.json cannot be read.
+_LAST_RESORT = {
+    "en": (
+        "The explanation could not be prepared.",
+        "**This is not a diagnosis.** If symptoms persist or get worse, see a dermatologist.\n",
+    ),
+    "ko": (
+        "설명을 준비하지 못했습니다.",
+        "**이 결과는 진단이 아닙니다.** 증상이 계속되거나 심해지면 피부과 전문의와 상담하세요.\n",
+    ),
+}
+
+
 def _last_resort(language: str) -> str:
     """Last-resort text when even the fact sheets cannot be read."""
-    if language == "ko":
-        return (
-            "**이 결과는 진단이 아닙니다.** "
-            "증상이 계속되거나 심해지면 피부과 전문의와 상담하세요.\n"
-        )
-    return "**This is not a diagnosis.** If symptoms persist or get worse, see a dermatologist.\n"
+    return _LAST_RESORT.get(language, _LAST_RESORT["en"])[1]
 
 
 def _make_client(key: str, config: AdvisorConfig):
@@ -648,7 +689,8 @@ def _generation_config(language: str, config: AdvisorConfig):
         system_instruction=build_system_instruction(language),
         temperature=config.temperature,
         max_output_tokens=config.max_output_tokens,
-        # Medical wording must not trip the dangerous-content filter; keep the others default.
+        # Medical wording (drugs, infestations) must not trip the dangerous-content filter;
+        # the other categories keep the usual medium threshold.
         safety_settings=[
             rule("HARM_CATEGORY_HARASSMENT", "BLOCK_MEDIUM_AND_ABOVE"),
             rule("HARM_CATEGORY_HATE_SPEECH", "BLOCK_MEDIUM_AND_ABOVE"),

@@ -7,7 +7,7 @@ Google's JSON error body (``{"error": {"code", "message", "status", "details"}}`
 
 Usage::
 
-    from tests.fake_gemini import FakeGemini, rate_limited, text_stream
+    from fake_gemini import FakeGemini, rate_limited, text_stream   # tests/ is on sys.path
 
     with FakeGemini() as fake:            # 127.0.0.1, a free port
         fake.enqueue(rate_limited(retry_delay=0.05), text_stream(["Hel", "lo"]))

@@ -569,3 +569,60 @@ def test_unknown_language_falls_back_to_english(fake, config):
     advice = stream_advice(make_prediction(), "fr", config=config)
     run(advice)
     assert advisor.disclaimer("en") in advice.text
+
+
+def test_unreadable_facts_still_yield_a_disclaimer(fake, config, monkeypatch):
+    def broken():
+        raise OSError("facts.json missing")
+
+    monkeypatch.setattr(advisor, "load_facts", broken)
+    advice = stream_advice(make_prediction(), "ko", config=config)
+    chunks = run(advice)
+    assert chunks and "진단이 아닙니다" in advice.text
+    assert advice.source == "offline" and advice.notice
+
+
+# ---------------------------------------------------------------------------
+# The fake itself (the app's tests rely on it too)
+# ---------------------------------------------------------------------------
+
+
+def test_fake_checks_key_and_pinned_version(fake):
+    from google import genai
+    from google.genai import errors, types
+
+    def call(version: str, key: str) -> str:
+        http = types.HttpOptions(base_url=fake.base_url, api_version=version, timeout=2000)
+        client = genai.Client(api_key=key, http_options=http)
+        return client.models.generate_content(model="m", contents="hi").text
+
+    fake.api_key = "right"
+    try:
+        fake.enqueue(text_stream(["one ", "answer"]))
+        assert call(fake.api_version, "right") == "one answer"  # :generateContent, merged
+        with pytest.raises(errors.ClientError) as wrong_key:
+            call(fake.api_version, "wrong")
+        assert wrong_key.value.code == 400 and "API key not valid" in wrong_key.value.message
+        with pytest.raises(errors.ClientError) as wrong_version:
+            call("v0", "right")
+        assert wrong_version.value.code == 404
+    finally:
+        fake.api_key = None
+    assert [r.method_name for r in fake.requests] == ["generateContent"] * 3
+    assert fake.pending == 0
+
+
+def test_config_from_env_mapping():
+    config = AdvisorConfig.from_env(
+        {
+            "GEMINI_MODEL": "gemini-test",
+            "GEMINI_BASE_URL": "http://127.0.0.1:9",
+            "GEMINI_API_VERSION": "v1beta",
+            "GEMINI_TIMEOUT_S": "not a number",
+        },
+        max_retries=0,
+    )
+    assert config.model == "gemini-test" and config.base_url == "http://127.0.0.1:9"
+    assert config.api_version == "v1beta" and config.max_retries == 0
+    assert config.timeout_s == AdvisorConfig().timeout_s  # the bad value was skipped
+    assert AdvisorConfig.from_env({}) == AdvisorConfig()
