@@ -65,9 +65,40 @@ def _add_synth(verbs) -> Handler:
     return run
 
 
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(verbs) -> Handler:
+    p = verbs.add_parser(
+        "evaluate",
+        help="score a trained run: metrics, thresholds, calibration, plots, report.md",
+        description="Fit per-condition thresholds and temperatures on val, score a split, and "
+        "write metrics.json, report.md, thresholds.json, calibration.json and plots into "
+        "the run folder.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="the run folder (runs/NAME)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="split to score (default test; val is always the one fitted on)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import evaluation
+
+        if args.batch_size < 1:
+            p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        config = evaluation.EvaluationConfig(
+            split=args.split, batch_size=args.batch_size, progress=not args.no_progress
+        )
+        result = evaluation.evaluate(args.run, config)
+        print(result.summary_table())
+        return 0
+
+    return run
+
+
 VERBS: tuple[Callable[[argparse._SubParsersAction], Handler], ...] = (
     _add_prepare,
     _add_synth,
+    _add_evaluate,
 )
 
 
