@@ -95,10 +95,78 @@ def _add_evaluate(verbs) -> Handler:
     return run
 
 
+# --------------------------------------------------------------------------- predict
+def _add_predict(verbs) -> Handler:
+    p = verbs.add_parser(
+        "predict",
+        help="probabilities of each condition for one or more photos",
+        description="Predict photos with a trained run: each condition's probability, the "
+        "conditions above their thresholds, the top condition, and a warning when a photo "
+        "does not look like the scalp close-ups the model was trained on. Unreadable files "
+        "get one error line each (exit code 2); the others are still predicted.",
+    )
+    p.add_argument("images", type=Path, nargs="+", help="photos (JPEG, PNG, WebP, HEIC, ...)")
+    p.add_argument("--run", required=True,
+                   help="a run folder (runs/NAME), a .keras file, or an https:// URL of one")
+    p.add_argument("--sha256", help="checksum of the file at --run (required for a URL)")
+    p.add_argument("--json", action="store_true", help="print JSON (condition keys) instead")
+    p.add_argument("--gradcam", type=Path, metavar="OUT.png",
+                   help="write a Grad-CAM overlay of the top condition (and one per other "
+                        "condition above its threshold, OUT_<key>.png)")
+    p.add_argument("--tta", action="store_true",
+                   help="average flipped views and report their spread as uncertainty")
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import inference
+
+        config = inference.PredictConfig(
+            images=tuple(args.images), run=args.run, sha256=args.sha256, tta=args.tta,
+            gradcam=args.gradcam,
+        )
+        report = inference.run_predict(config)
+        if report.results or args.json:
+            print(report.to_json() if args.json else report.text())
+        for _image, message in report.errors:
+            print(f"error: {message}", file=sys.stderr)
+        return 2 if report.errors else 0
+
+    return run
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(verbs) -> Handler:
+    p = verbs.add_parser(
+        "export",
+        help="write the model as a SavedModel, ONNX or LiteRT file, checked against Keras",
+        description="Export a trained model for other runtimes; the export is run on the same "
+        "images as the Keras model and refused if any probability differs by more than the "
+        "tolerance.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="the run folder (or a .keras file)")
+    p.add_argument("--format", choices=["savedmodel", "onnx", "litert"], default="savedmodel")
+    p.add_argument("--out", type=Path,
+                   help="output path (default RUN/export/savedmodel, model.onnx or model.tflite)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |difference| of any probability (default 1e-4)")
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import export
+
+        config = export.ExportConfig(
+            run=args.run, format=args.format, out=args.out, tolerance=args.tolerance
+        )
+        print(export.run(config).summary())
+        return 0
+
+    return run
+
+
 VERBS: tuple[Callable[[argparse._SubParsersAction], Handler], ...] = (
     _add_prepare,
     _add_synth,
     _add_evaluate,
+    _add_predict,
+    _add_export,
 )
 
 

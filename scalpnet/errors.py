@@ -19,3 +19,7 @@ class ModelNotFoundError(ScalpNetError):
 
 class WeightsUnavailableError(ScalpNetError):
     """Pretrained weights could not be downloaded or read."""
+
+
+class ExportError(ScalpNetError):
+    """A model could not be exported, or the export does not compute what the model does."""
