@@ -10,7 +10,7 @@ probabilities sit from 0 and 1 does, and therefore which condition is the most p
 
     {"method": "temperature", "fitted_on": "val", "temperature": {"<key>": T, ...}}
 
-This module needs numpy and scipy only (no TensorFlow).
+Importing this module costs numpy only (inference loads it); fitting also uses scipy.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
 
 from scalpnet.errors import ModelNotFoundError
 from scalpnet.labels import KEYS, NUM_CLASSES
@@ -46,6 +44,12 @@ def logit(probs: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow for large |z|, float64."""
+    # 1 / (1 + e^-z) = exp(-log(1 + e^-z)); logaddexp never overflows.
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
+
+
 def apply_temperature(probs: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
     """``sigmoid(logit(p) / T)`` with T broadcast over the last axis.
 
@@ -59,7 +63,7 @@ def apply_temperature(probs: np.ndarray, temperatures: np.ndarray) -> np.ndarray
     t = np.asarray(temperatures, dtype=np.float64)
     if np.any(~np.isfinite(t)) or np.any(t <= 0):
         raise ValueError(f"temperatures must be finite and > 0, got {t.tolist()}")
-    return expit(logit(probs) / t)
+    return sigmoid(logit(probs) / t)
 
 
 def binary_nll(y_true: np.ndarray, logits: np.ndarray) -> float:
@@ -81,6 +85,8 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
         The temperature; 1.0 (no change) when the labels hold only one class, since the
         NLL then falls without bound as T shrinks and says nothing about calibration.
     """
+    from scipy.optimize import minimize_scalar
+
     y = np.asarray(y_true, dtype=np.float64).ravel()
     z = logit(probs).ravel()
     if y.size == 0 or y.min() == y.max():

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics as skm
 
 from scalpnet.calibration import Calibration, write_json_atomic
 from scalpnet.errors import DatasetError, ModelNotFoundError
@@ -188,6 +187,8 @@ def expected_calibration_error(
 
 def confusion_matrix_top1(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(10, 10) counts over single-label images: rows the true condition, columns the argmax."""
+    from sklearn import metrics as skm  # lazy: inference imports this module
+
     y, p = _check_pair(y_true, probs)
     mask = single_label_mask(y)
     return skm.confusion_matrix(
@@ -230,6 +231,8 @@ def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     maximum is at least the F1 at 0.5. Ties go to the candidate nearest 0.5; the threshold
     returned sits halfway down to the next lower score so small shifts do not flip decisions.
     """
+    from sklearn import metrics as skm
+
     if y.sum() == 0:
         return DEFAULT_THRESHOLD
     precision, recall, cuts = skm.precision_recall_curve(y, p)
@@ -252,6 +255,8 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def _per_condition(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict[str, dict]:
     """Precision, recall, F1, AP, ROC AUC and support per condition; None where undefined."""
+    from sklearn import metrics as skm
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prec, rec, f1, support = skm.precision_recall_fscore_support(
@@ -296,6 +301,8 @@ def _macro(per: dict[str, dict]) -> dict:
 
 def _micro(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict:
     """Metrics over all label cells pooled together; None where undefined."""
+    from sklearn import metrics as skm
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prec, rec, f1, _ = skm.precision_recall_fscore_support(
@@ -323,6 +330,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, thresholds=DEFAULT_TH
         probs: (N, 10) probabilities.
         thresholds: a scalar or (10,) per-condition thresholds; positive means p >= t.
     """
+    from sklearn import metrics as skm
+
     y, p = _check_pair(y_true, probs)
     t = _thresholds(thresholds)
     pred = predict_labels(p, t)

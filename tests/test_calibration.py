@@ -155,3 +155,12 @@ def test_binary_nll_matches_the_textbook_formula():
     expected = -np.mean(y * np.log(s) + (1 - y) * np.log(1 - s))
     assert calibration.binary_nll(y, z) == pytest.approx(expected, rel=1e-9)
     assert math.isfinite(calibration.binary_nll(np.array([0]), np.array([1000.0])))
+
+
+def test_sigmoid_is_stable_and_exact():
+    from scipy.special import expit
+
+    z = np.array([-800.0, -30.0, -5.0, 0.0, 3.0, 40.0, 800.0])
+    np.testing.assert_allclose(calibration.sigmoid(z), expit(z), rtol=1e-12)
+    p = np.array([1e-6, 1e-3, 0.5, 0.9])
+    np.testing.assert_allclose(calibration.sigmoid(calibration.logit(p)), p, rtol=1e-12)

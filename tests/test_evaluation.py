@@ -316,7 +316,7 @@ def evaluated_run(tmp_path_factory):
     run = _write_tiny_run(tmp_path_factory.mktemp("evaluation"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main(["evaluate", "--run", str(run), "--no-progress", "--batch-size", "8"])
+        code = cli.main(["evaluate", "--run", str(run), "--no-progress", "--batch-size", "10"])
     assert code == 0
     return run, out.getvalue()
 
@@ -368,7 +368,7 @@ def test_evaluate_report_and_summary(evaluated_run):
     assert "all-negative predictor" in report and "90.00%" in report
     assert "Split scheme: **grouped**" in report
     assert "## Most confused pairs" in report
-    assert f"python -m scalpnet evaluate --run {run} --split test --batch-size 8" in report
+    assert f"python -m scalpnet evaluate --run {run} --split test --batch-size 10" in report
     assert "python train.py --demo" in report
     for name in PLOT_FILES.values():
         assert f"]({name})" in report
