@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scalpnet import __version__
-from scalpnet.errors import ScalpNetError
+from scalpnet.errors import ConfigError, ScalpNetError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -34,12 +34,21 @@ def _add_prepare(verbs) -> Handler:
                         "else a stratified random 8:1:1; random: always re-split 8:1:1; "
                         "grouped: 8:1:1 with near-duplicate photos kept in one split")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel workers (default: all cores)")
+    p.add_argument("--dedupe-threshold", type=float, default=None,
+                   help="with --split grouped: how similar two photos must be to count as one "
+                        "(default: the dedupe module's own)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet import prepare
 
-        prepare.run_cli(args)
+        config = prepare.PrepareConfig(
+            data=args.data, out=args.out, image_size=args.image_size, split=args.split,
+            seed=args.seed, workers=args.workers, dedupe_threshold=args.dedupe_threshold,
+        )
+        print(prepare.summary(prepare.prepare_dataset(config, progress=not args.quiet)))
         return 0
 
     return run
@@ -59,7 +68,9 @@ def _add_synth(verbs) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from scalpnet import synthetic
 
-        synthetic.run_cli(args)
+        if args.per_class < 1:
+            raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
+        print(synthetic.summary(synthetic.write_dataset(args.out, args.per_class, args.seed)))
         return 0
 
     return run

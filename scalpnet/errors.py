@@ -23,3 +23,7 @@ class WeightsUnavailableError(ScalpNetError):
 
 class ExportError(ScalpNetError):
     """A model could not be exported, or the export does not compute what the model does."""
+
+
+class ConfigError(ScalpNetError):
+    """A setting (flag or config field) is out of range or not one of the allowed values."""

@@ -1,0 +1,681 @@
+"""A dataset folder or CSV -> processed PNGs + ``labels.csv``, with splits and a report.
+
+Three inputs are recognised (see :func:`discover`): the Kaggle layout
+(``train/ val/ test/<Class>/*.jpg``), a flat folder of class folders, and a CSV
+of image paths with one 0/1 column per condition. Every image goes through
+``preprocess.preprocess_image`` (the project's one decode/resize/blur path) and
+is written as a PNG whose name depends on its source path only, never on its
+split, so a split can be re-decided without re-processing anything.
+
+Re-running skips images whose source is unchanged (size and mtime recorded in a
+state file); a run killed mid-way leaves only whole PNGs (temp file + rename)
+and the next run finishes the job. The raw dataset is only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from scalpnet import preprocess
+from scalpnet.errors import ConfigError, DatasetError, InvalidImageError
+from scalpnet.labels import CONDITIONS, ENGLISH_NAMES, KEYS, NUM_CLASSES, find_condition
+
+SPLITS = ("train", "val", "test")
+SPLIT_SCHEMES = ("auto", "random", "grouped")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
+)
+CSV_NAME = "labels.csv"
+REPORT_NAME = "prepare_report.json"
+STATE_NAME = ".prepare_state.json"
+IMAGES_DIR = "images"
+PNG_COMPRESSION = 1  # zlib level: 1 is ~3x faster to write than the default 3, ~10% larger
+# Bump when preprocess_image's output changes, so old PNGs are re-made.
+PIPELINE_VERSION = f"preprocess_image v1, median {preprocess.MEDIAN_KERNEL}"
+
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+_PATH_COLUMNS = (
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "filepath",
+    "file_path",
+    "image",
+    "image_path",
+    "img",
+    "img_path",
+)
+_RESERVED_COLUMNS = {"split", "source", "group"}
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}
+_CHECKPOINT_SECONDS = 2.0
+
+
+# --------------------------------------------------------------------------- config and results
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How to prepare a dataset. The CLI maps its flags onto these fields."""
+
+    data: Path  # Kaggle folder, folder of class folders, or a CSV
+    out: Path  # processed PNGs, labels.csv and prepare_report.json go here
+    image_size: int = preprocess.DEFAULT_SIZE
+    split: str = "auto"  # "auto" | "random" | "grouped"
+    seed: int = 42
+    workers: int | None = None  # None: all cores
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
+    dedupe_threshold: float | None = None  # grouped split only; None: dedupe's default
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What :func:`prepare_dataset` did."""
+
+    csv_path: Path
+    report_path: Path
+    counts: dict[str, dict[str, int]]  # split -> condition key -> images with that label
+    totals: dict[str, int]  # split -> images
+    skipped: list[tuple[Path, str]]  # (file, reason)
+    split_scheme: str  # "shipped" | "random" | "grouped"
+    layout: str  # "kaggle" | "folders" | "csv"
+    image_size: int
+    processed: int  # images decoded and written in this run
+    reused: int  # images already up to date from an earlier run
+    elapsed: float  # seconds
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled source image found in the input."""
+
+    source: Path  # absolute path of the raw file
+    key: str  # its path relative to the dataset root (posix); names the output file
+    labels: tuple[int, ...]  # (10,) 0/1 in labels.KEYS order
+    split: str | None = None  # the split the input assigns, if any
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The labelled images an input holds, and the files that could not be used."""
+
+    root: Path  # the dataset root (for a CSV: its folder)
+    layout: str  # "kaggle" | "folders" | "csv"
+    items: list[Item]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- discovery
+def _visible(path: Path | str) -> bool:
+    name = Path(path).name
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def _one_hot(index: int) -> tuple[int, ...]:
+    return tuple(int(i == index) for i in range(NUM_CLASSES))
+
+
+def _unknown_folder(folder: Path) -> DatasetError:
+    return DatasetError(
+        f"unknown class folder '{folder}'; expected one of: {', '.join(ENGLISH_NAMES)} "
+        "(case, spaces and underscores do not matter)"
+    )
+
+
+def _class_images(
+    folder: Path, root: Path, split: str | None, exclude: Path | None
+) -> tuple[list[Item], list[tuple[Path, str]]]:
+    """Every image under one class folder (nested folders included) and the files it skipped."""
+    index = find_condition(folder.name)
+    if index is None:
+        raise _unknown_folder(folder)
+    items, skipped = [], []
+    for path in sorted(folder.rglob("*")):
+        if exclude is not None and path.is_relative_to(exclude):
+            continue
+        if not path.is_file() or not all(_visible(p) for p in path.relative_to(root).parts):
+            continue
+        if path.name.lower() in _JUNK_FILES:
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append((path, f"not an image file extension ({path.suffix or 'none'})"))
+            continue
+        items.append(Item(path, path.relative_to(root).as_posix(), _one_hot(index), split))
+    return items, skipped
+
+
+def _loose_files(folder: Path) -> list[tuple[Path, str]]:
+    return [
+        (p, "not inside a class folder")
+        for p in sorted(folder.iterdir())
+        if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+
+
+def _find_root(folder: Path) -> Path:
+    """Step into a lone wrapper folder (e.g. ``archive/Hair Diseases - Final/``)."""
+    for _ in range(3):
+        subdirs = _subdirs(folder)
+        names = [p.name for p in subdirs]
+        known = any(n.casefold() in _SPLIT_ALIASES or find_condition(n) is not None for n in names)
+        if known or len(subdirs) != 1 or _loose_files(folder):
+            return folder
+        folder = subdirs[0]
+    return folder
+
+
+def discover(data: Path, exclude: Path | None = None) -> Discovery:
+    """Find the labelled images in a Kaggle folder, a folder of class folders, or a CSV.
+
+    Args:
+        data: the dataset folder (or a wrapper folder holding just it), or a CSV file.
+        exclude: a folder inside ``data`` to ignore (e.g. an output folder).
+
+    Raises:
+        DatasetError: missing path, unknown class folder, malformed CSV, or no images.
+    """
+    data = Path(data).expanduser()
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DatasetError(
+                f"'{data}' is a file but not a CSV; expected a dataset folder "
+                "(train/ val/ test/ or class folders) or a CSV of image paths and labels"
+            )
+        found = _discover_csv(data.resolve())
+    elif data.is_dir():
+        found = _discover_folder(_find_root(data.resolve()), exclude)
+    else:
+        raise DatasetError(
+            f"no such dataset folder or CSV: '{data}' (expected e.g. "
+            "'Hair Diseases - Final' with train/ val/ test/ inside)"
+        )
+    if not found.items:
+        raise DatasetError(
+            f"no images found in '{data}'; expected class folders named like "
+            f"{ENGLISH_NAMES[0]!r} holding JPEG/PNG/WebP/BMP/TIFF/GIF/HEIC files"
+        )
+    return found
+
+
+def _discover_folder(root: Path, exclude: Path | None) -> Discovery:
+    subdirs = [p for p in _subdirs(root) if exclude is None or not p.is_relative_to(exclude)]
+    split_dirs = [p for p in subdirs if p.name.casefold() in _SPLIT_ALIASES]
+    items, skipped = [], _loose_files(root)
+    if split_dirs:
+        for other in subdirs:
+            if other not in split_dirs:
+                raise DatasetError(
+                    f"'{root}' mixes split folders ({', '.join(p.name for p in split_dirs)}) "
+                    f"with '{other.name}'; expected only train/, val/ (or valid/, validation/) "
+                    "and test/"
+                )
+        seen: dict[str, Path] = {}
+        for split_dir in split_dirs:
+            split = _SPLIT_ALIASES[split_dir.name.casefold()]
+            if split in seen:
+                raise DatasetError(
+                    f"'{root}' has two {split} folders: '{seen[split].name}' and '{split_dir.name}'"
+                )
+            seen[split] = split_dir
+            skipped += _loose_files(split_dir)
+            for folder in _subdirs(split_dir):
+                found, bad = _class_images(folder, root, split, exclude)
+                items += found
+                skipped += bad
+        return Discovery(root, "kaggle", items, skipped)
+    for folder in subdirs:
+        found, bad = _class_images(folder, root, None, exclude)
+        items += found
+        skipped += bad
+    return Discovery(root, "folders", items, skipped)
+
+
+def _parse_flag(value: str, where: str) -> int:
+    text = value.strip().casefold()
+    if text in {"1", "1.0", "true", "yes"}:
+        return 1
+    if text in {"0", "0.0", "false", "no", ""}:
+        return 0
+    raise DatasetError(f"{where}: expected 0 or 1, got {value!r}")
+
+
+def _discover_csv(csv_path: Path) -> Discovery:
+    """Rows of a multi-hot CSV: a path column, optional split, one 0/1 column per condition."""
+    import pandas as pd  # only this input needs pandas
+
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"could not read '{csv_path}' as a CSV: {exc}") from None
+    lower = {str(c).strip().casefold(): c for c in table.columns}
+    path_column = next((lower[n] for n in _PATH_COLUMNS if n in lower), None)
+    if path_column is None:
+        raise DatasetError(
+            f"'{csv_path}' has no image path column; expected one named "
+            f"{' or '.join(repr(n) for n in _PATH_COLUMNS[:3])} (columns: {list(table.columns)})"
+        )
+    condition_columns: dict[int, str] = {}
+    for column in table.columns:
+        name = str(column).strip()
+        if column == path_column or name.casefold() in _RESERVED_COLUMNS:
+            continue
+        index = find_condition(name)
+        if index is None:
+            continue
+        if index in condition_columns:
+            raise DatasetError(
+                f"'{csv_path}': columns {condition_columns[index]!r} and {column!r} both "
+                f"name the condition {ENGLISH_NAMES[index]!r}"
+            )
+        condition_columns[index] = column
+    if not condition_columns:
+        raise DatasetError(
+            f"'{csv_path}' has no condition columns; expected 0/1 columns named like "
+            f"{', '.join(KEYS)} (columns: {list(table.columns)})"
+        )
+    split_column = lower.get("split")
+    root = csv_path.parent
+    items, skipped, seen = [], [], set()
+    for row_number, row in enumerate(table.to_dict("records"), start=2):
+        where = f"'{csv_path.name}' line {row_number}"
+        text = str(row[path_column]).strip()
+        if not text:
+            raise DatasetError(f"{where}: empty image path")
+        source = Path(text).expanduser()
+        source = Path(os.path.abspath(source if source.is_absolute() else root / source))
+        labels = tuple(
+            _parse_flag(str(row[condition_columns[i]]), f"{where}, column {condition_columns[i]!r}")
+            if i in condition_columns
+            else 0
+            for i in range(NUM_CLASSES)
+        )
+        split = None
+        if split_column is not None:
+            split = _SPLIT_ALIASES.get(str(row[split_column]).strip().casefold())
+            if split is None:
+                raise DatasetError(
+                    f"{where}: split {row[split_column]!r} is not one of train, val, test"
+                )
+        key = Path(
+            os.path.normpath(source.relative_to(root) if source.is_relative_to(root) else source)
+        ).as_posix()
+        if key in seen:
+            skipped.append((source, "listed twice in the CSV"))
+            continue
+        seen.add(key)
+        if not source.is_file():
+            skipped.append((source, "file not found"))
+            continue
+        items.append(Item(source, key, labels, split))
+    return Discovery(root, "csv", items, skipped)
+
+
+# --------------------------------------------------------------------------- splits
+def split_counts(n: int, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> tuple[int, int, int]:
+    """Split ``n`` into train/val/test counts proportional to ``ratios``.
+
+    Largest-remainder rounding: the counts sum to ``n`` and each is within one of exact.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (3,) or np.any(r < 0) or r.sum() <= 0:
+        raise ConfigError(f"ratios must be three non-negative numbers, got {tuple(ratios)}")
+    exact = n * r / r.sum()
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - int(counts.sum())]:
+        counts[i] += 1
+    return int(counts[0]), int(counts[1]), int(counts[2])
+
+
+def stratified_split(
+    labels: np.ndarray, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 42
+) -> list[str]:
+    """A seeded train/val/test split, stratified by label combination.
+
+    Args:
+        labels: (N, 10) 0/1; each distinct row is one stratum.
+
+    Returns:
+        N split names. Within each stratum the counts follow :func:`split_counts`.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    splits = [""] * len(labels)
+    strata: dict[bytes, list[int]] = {}
+    for i, row in enumerate(labels.astype(np.uint8)):
+        strata.setdefault(row.tobytes(), []).append(i)
+    for stratum in sorted(strata):
+        members = rng.permutation(strata[stratum])
+        bounds = np.cumsum(split_counts(len(members), ratios))
+        for part, split in zip(np.split(members, bounds[:2]), SPLITS, strict=True):
+            for i in part:
+                splits[int(i)] = split
+    return splits
+
+
+# --------------------------------------------------------------------------- processing
+def output_name(item: Item) -> str:
+    """``images/<key or multi or none>/<stem>-<hash>.png``: depends on the source only."""
+    positives = [KEYS[i] for i, v in enumerate(item.labels) if v]
+    folder = positives[0] if len(positives) == 1 else ("multi" if positives else "none")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.source.stem)[:80].strip("._") or "image"
+    digest = hashlib.sha1(item.key.encode("utf-8")).hexdigest()[:10]
+    return f"{IMAGES_DIR}/{folder}/{stem}-{digest}.png"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def process_image(source: str, dest: str, size: int) -> str | None:
+    """Preprocess one image and write it as a PNG. Returns None, or why it was skipped."""
+    try:
+        rgb = preprocess.preprocess_image(source, size)  # (size, size, 3) uint8
+    except InvalidImageError as exc:
+        return str(exc)
+    except OSError as exc:  # e.g. permission denied
+        return f"could not read the file ({exc.strerror or exc})"
+    ok, png = cv2.imencode(".png", rgb[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        return "could not encode the processed image as PNG"
+    _write_atomic(Path(dest), png.tobytes())
+    return None
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_state(path: Path, size: int) -> dict[str, list]:
+    """The previous run's {output name: [source key, size, mtime_ns]}, if made the same way."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if state.get("image_size") != size or state.get("pipeline") != PIPELINE_VERSION:
+        return {}
+    entries = state.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _save_state(path: Path, size: int, entries: dict[str, list]) -> None:
+    state = {"image_size": size, "pipeline": PIPELINE_VERSION, "entries": entries}
+    _write_atomic(path, json.dumps(state, separators=(",", ":")).encode())
+
+
+def _make_executor(workers: int) -> Executor:
+    # Pillow's decoder and OpenCV release the GIL, so threads overlap the real work
+    # without the start-up and pickling cost of processes (see benchmarks/bench_prepare.py).
+    return ThreadPoolExecutor(max_workers=workers)
+
+
+def _process_all(
+    jobs: list[tuple[Item, str]],
+    out: Path,
+    size: int,
+    workers: int,
+    progress: bool,
+    on_done,
+) -> None:
+    """Run :func:`process_image` over ``jobs`` in parallel; ``on_done(item, name, reason)``."""
+    from tqdm import tqdm
+
+    if not jobs:
+        return
+    bar = tqdm(
+        total=len(jobs),
+        unit="img",
+        desc="prepare",
+        disable=None if progress else True,
+        file=None,
+        dynamic_ncols=True,
+    )
+    with bar, _make_executor(workers) as pool:
+        futures = {
+            pool.submit(process_image, str(item.source), str(out / name), size): (item, name)
+            for item, name in jobs
+        }
+        for future in as_completed(futures):
+            item, name = futures[future]
+            on_done(item, name, future.result())
+            bar.update()
+
+
+# --------------------------------------------------------------------------- the whole stage
+def _check_config(config: PrepareConfig) -> None:
+    if config.split not in SPLIT_SCHEMES:
+        raise ConfigError(f"split must be one of {', '.join(SPLIT_SCHEMES)}, got {config.split!r}")
+    if not 16 <= config.image_size <= 4096:
+        raise ConfigError(f"image size must be between 16 and 4096 pixels, got {config.image_size}")
+    if config.workers is not None and config.workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {config.workers}")
+    split_counts(0, config.ratios)  # validates the ratios
+
+
+def _assign_splits(
+    config: PrepareConfig, items: list[Item], names: list[str], out: Path
+) -> tuple[list[str], list[int] | None, str]:
+    """Split names per item, group ids (grouped split only), and the scheme's name."""
+    labels = np.array([item.labels for item in items], dtype=np.uint8).reshape(-1, NUM_CLASSES)
+    shipped = all(item.split is not None for item in items)
+    if config.split == "auto" and shipped:
+        return [item.split for item in items], None, "shipped"
+    if config.split == "grouped":
+        from scalpnet import dedupe
+
+        kwargs = {} if config.dedupe_threshold is None else {"threshold": config.dedupe_threshold}
+        splits, groups = dedupe.assign_grouped_splits(
+            [out / name for name in names],
+            labels,
+            ratios=config.ratios,
+            seed=config.seed,
+            **kwargs,
+        )
+        return list(splits), [int(g) for g in groups], "grouped"
+    return stratified_split(labels, config.ratios, config.seed), None, "random"
+
+
+def _write_labels_csv(
+    path: Path,
+    items: list[Item],
+    names: list[str],
+    splits: list[str],
+    groups: list[int] | None,
+) -> None:
+    order = sorted(range(len(items)), key=lambda i: (SPLITS.index(splits[i]), names[i]))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "split", "source", *(["group"] if groups is not None else []), *KEYS])
+    for i in order:
+        group = [groups[i]] if groups is not None else []
+        writer.writerow([names[i], splits[i], str(items[i].source), *group, *items[i].labels])
+    _write_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+def _count(items: list[Item], splits: list[str]) -> tuple[dict, dict]:
+    counts = {s: dict.fromkeys(KEYS, 0) for s in SPLITS}
+    totals = dict.fromkeys(SPLITS, 0)
+    for item, split in zip(items, splits, strict=True):
+        totals[split] += 1
+        for key, flag in zip(KEYS, item.labels, strict=True):
+            counts[split][key] += flag
+    return counts, totals
+
+
+def _remove_leftovers(images: Path, keep: Iterable[Path]) -> None:
+    """Delete temp files from a killed run and PNGs of sources that are gone or now failing."""
+    if not images.is_dir():
+        return
+    keep = set(keep)
+    for path in images.rglob("*"):
+        if path.is_file() and (
+            path.name.endswith(".tmp") or (path.suffix == ".png" and path not in keep)
+        ):
+            path.unlink(missing_ok=True)
+
+
+def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResult:
+    """Turn a raw dataset into processed PNGs, ``labels.csv`` and ``prepare_report.json``.
+
+    Args:
+        config: where to read and write, the image size, the split scheme.
+        progress: show a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        Counts per split and condition, the skipped files, and where the CSV is.
+
+    Raises:
+        DatasetError: the input is missing, malformed, or has no readable image.
+        ConfigError: a setting is out of range.
+    """
+    start = time.perf_counter()
+    _check_config(config)
+    out = Path(config.out).expanduser().resolve()
+    data = Path(config.data).expanduser()
+    if data.is_dir() and out.is_relative_to(data.resolve()):
+        raise DatasetError(
+            f"the output folder '{out}' is inside the dataset '{data}'; the raw dataset is "
+            "never modified, so choose an --out outside it"
+        )
+    found = discover(data)
+    size, workers = config.image_size, config.workers or os.cpu_count() or 1
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_NAME
+    old_state = _load_state(state_path, size)
+
+    names = [output_name(item) for item in found.items]
+    state: dict[str, list] = {}
+    jobs = []
+    for item, name in zip(found.items, names, strict=True):
+        entry = [item.key, *_stat_key(item.source)]
+        if old_state.get(name) == entry and (out / name).is_file():
+            state[name] = entry
+        else:
+            jobs.append((item, name))
+    for folder in {(out / name).parent for _, name in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    failed: dict[str, str] = {}
+    last_save = [time.monotonic()]
+
+    def on_done(item: Item, name: str, reason: str | None) -> None:
+        if reason is None:
+            state[name] = [item.key, *_stat_key(item.source)]
+        else:
+            failed[name] = reason
+        if time.monotonic() - last_save[0] > _CHECKPOINT_SECONDS:  # survive a kill mid-run
+            _save_state(state_path, size, state)
+            last_save[0] = time.monotonic()
+
+    _process_all(jobs, out, size, workers, progress, on_done)
+    _save_state(state_path, size, state)
+
+    skipped = list(found.skipped)
+    kept_items, kept_names = [], []
+    for item, name in zip(found.items, names, strict=True):
+        if name in failed:
+            skipped.append((item.source, failed[name]))
+        else:
+            kept_items.append(item)
+            kept_names.append(name)
+    _remove_leftovers(out / IMAGES_DIR, (out / name for name in kept_names))
+    if not kept_items:
+        raise DatasetError(
+            f"none of the {len(found.items)} images in '{data}' could be read; "
+            f"first problem: {skipped[0][0]}: {skipped[0][1]}"
+        )
+
+    splits, groups, scheme = _assign_splits(config, kept_items, kept_names, out)
+    csv_path = out / CSV_NAME
+    _write_labels_csv(csv_path, kept_items, kept_names, splits, groups)
+    counts, totals = _count(kept_items, splits)
+    result = PrepareResult(
+        csv_path=csv_path,
+        report_path=out / REPORT_NAME,
+        counts=counts,
+        totals=totals,
+        skipped=skipped,
+        split_scheme=scheme,
+        layout=found.layout,
+        image_size=size,
+        processed=len(jobs) - len(failed),
+        reused=len(kept_items) - (len(jobs) - len(failed)),
+        elapsed=time.perf_counter() - start,
+    )
+    _write_report(result, config, workers)
+    return result
+
+
+def _write_report(result: PrepareResult, config: PrepareConfig, workers: int) -> None:
+    report = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": str(Path(config.data).expanduser().resolve()),
+        "layout": result.layout,
+        "csv": result.csv_path.name,
+        "split_scheme": result.split_scheme,
+        "image_size": result.image_size,
+        "seed": config.seed,
+        "ratios": list(config.ratios),
+        "images": sum(result.totals.values()),
+        "totals": result.totals,
+        "counts": result.counts,
+        "processed": result.processed,
+        "reused": result.reused,
+        "skipped_count": len(result.skipped),
+        "skipped": [{"path": str(p), "reason": r} for p, r in result.skipped],
+        "workers": workers,
+        "elapsed_s": round(result.elapsed, 3),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+    }
+    _write_atomic(result.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+
+
+def summary(result: PrepareResult) -> str:
+    """The table the CLI prints: images per split and condition, then what was skipped."""
+    width = max(len(n) for n in ENGLISH_NAMES) + 2
+    lines = [f"{'condition':<{width}}" + "".join(f"{s:>8}" for s in SPLITS) + f"{'total':>8}"]
+    for c in CONDITIONS:
+        row = [result.counts[s][c.key] for s in SPLITS]
+        lines.append(f"{c.english:<{width}}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+    row = [result.totals[s] for s in SPLITS]
+    lines.append(f"{'images':<{width}}" + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+    lines.append(
+        f"split: {result.split_scheme}; {result.processed} processed, {result.reused} already "
+        f"up to date, {len(result.skipped)} skipped; {result.elapsed:.1f} s"
+    )
+    for path, reason in result.skipped[:5]:
+        lines.append(f"  skipped {path}: {reason}")
+    if len(result.skipped) > 5:
+        lines.append(f"  ... and {len(result.skipped) - 5} more")
+    if result.skipped:
+        lines.append(f"every skipped file and why: {result.report_path}")
+    lines.append(f"wrote {result.csv_path}")
+    return "\n".join(lines)
