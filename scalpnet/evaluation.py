@@ -64,8 +64,8 @@ OWNED_KEYS = (
     "versions",
 )
 SPLIT_SCHEMES = {
-    "shipped": "the dataset's own train/val/test folders. The Kaggle set puts copies of the "
-    "same photo in train and test, so these numbers are inflated",
+    "shipped": "the dataset's own train/val/test folders. On the Kaggle Hair Diseases set "
+    "these hold copies of the same photo in train and test, so the numbers are inflated",
     "random": "a stratified random 8:1:1 re-split. Near-duplicate photos can still sit in "
     "train and test, so these numbers may be inflated",
     "grouped": "a leak-free 8:1:1 split: near-duplicate photos are kept within one split",
@@ -654,11 +654,9 @@ def evaluate(
     sections, calibration, thresholds = evaluate_predictions(
         val_y, val_probs, y, probs, config.n_bins
     )
-    if split == "val":
-        sections["notes"].append(
-            "evaluated on the validation split the thresholds and temperatures were fitted on: "
-            "optimistic"
-        )
+    if split != "test":
+        fitted = "the model was trained on" if split == "train" else "thresholds were fitted on"
+        sections["notes"].append(f"evaluated on the {split} split {fitted}: optimistic")
     training_command = card.get("command") or (card.get("training") or {}).get("command")
     metrics = {
         "schema": 1,

@@ -344,6 +344,7 @@ def test_evaluate_metrics_json(evaluated_run):
     run, _ = evaluated_run
     m = json.loads((run / "metrics.json").read_text())
     assert m["ood"] == {"auroc": 0.5}  # another module's section survived
+    assert set(m) == {"ood", *evaluation.OWNED_KEYS}
     assert m["split"] == "test" and m["split_scheme"] == "grouped" and m["demo"] is True
     assert m["n_images"] == {"test": 10, "val": 20}
     assert m["conditions"] == list(KEYS)
