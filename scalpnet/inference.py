@@ -374,6 +374,12 @@ class Predictor:
             pixels = preprocess.preprocess_image(data, self.image_size)
         return Prepared(pixels, digest, (time.perf_counter() - started) * 1e3)
 
+    def _calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """The run's temperatures; without any (all T = 1) probabilities pass through exactly."""
+        if all(t == 1.0 for t in self.calibration.temperatures):
+            return probs
+        return self.calibration.apply(probs)
+
     def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, S, 3) uint8 -> ((B, 2048) features, (B, 10) raw probabilities), float32."""
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -397,8 +403,8 @@ class Predictor:
         forward_ms = (time.perf_counter() - started) * 1e3
         raw = raw.reshape(n_views, batch, NUM_CLASSES).astype(np.float64)
         mean_raw = raw.mean(axis=0)  # (B, 10)
-        calibrated = self.calibration.apply(mean_raw)  # (B, 10)
-        spread = self.calibration.apply(raw).std(axis=0) if tta else None  # (B, 10)
+        calibrated = self._calibrate(mean_raw)  # (B, 10)
+        spread = self._calibrate(raw).std(axis=0) if tta else None  # (B, 10)
         started = time.perf_counter()
         # The OOD model was fitted on un-augmented images: score the original view only.
         scores = self.ood.score(features[:batch]) if self.ood is not None else None

@@ -1,0 +1,88 @@
+"""Small run folders for the inference, explain, OOD, export and CLI tests.
+
+An untrained ``build_model(weights=None)`` is enough wherever nothing depends on
+what the model has learned (schema, parity, calibration and thresholds being
+applied, URL loading, threads, bad files, export). It is built and saved once
+per test process; each test copies the file into its own run folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from scalpnet.labels import CONDITIONS, KEYS
+
+SIZE = 64
+# Varied, deliberately non-trivial values so a test can tell they were applied.
+THRESHOLDS = tuple(0.2 + 0.06 * i for i in range(len(KEYS)))
+TEMPERATURES = tuple(0.5 + 0.3 * i for i in range(len(KEYS)))
+
+
+@functools.cache
+def model_file(size: int = SIZE) -> Path:
+    """A saved untrained ScalpNet model at ``size`` px, made once per process."""
+    from scalpnet.model import build_model, save_model
+
+    folder = Path(tempfile.mkdtemp(prefix="scalpnet-test-model-"))
+    return save_model(build_model(image_size=size, weights=None), folder / "model.keras")
+
+
+def card(size: int = SIZE, name: str = "test-run") -> dict:
+    """A model_card.json with the common.md keys."""
+    return {
+        "name": name,
+        "created": "2026-11-23T00:00:00+00:00",
+        "demo": True,
+        "image_size": size,
+        "labels": [{"key": c.key, "english": c.english, "korean": c.korean} for c in CONDITIONS],
+        "preprocessing": "resize + median blur 3 (scalpnet.preprocess)",
+        "weights": "none",
+        "training": {},
+        "dataset": {"csv": None, "csv_sha256": None, "split_scheme": "random", "counts": {}},
+        "best_epoch": 0,
+        "val_metrics": {},
+        "versions": {},
+        "git_commit": None,
+    }
+
+
+def make_run(folder: Path, size: int = SIZE, *, calibrated: bool = True) -> Path:
+    """A run folder: model.keras, model_card.json, thresholds.json, calibration.json."""
+    from scalpnet.calibration import Calibration
+    from scalpnet.evaluation import save_thresholds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_file(size), folder / "model.keras")
+    (folder / "model_card.json").write_text(json.dumps(card(size)), encoding="utf-8")
+    save_thresholds(folder, np.array(THRESHOLDS))
+    if calibrated:
+        Calibration(temperatures=TEMPERATURES).save(folder)
+    return folder
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def photo(seed: int = 0, shape=(90, 120)) -> np.ndarray:
+    """A random smooth-ish RGB photo, (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (shape[0] // 6 + 1, shape[1] // 6 + 1, 3)).astype(np.uint8)
+    return np.repeat(np.repeat(coarse, 6, axis=0), 6, axis=1)[: shape[0], : shape[1]].copy()
+
+
+def jpeg_bytes(rgb: np.ndarray, **save) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=92, **save)
+    return buffer.getvalue()
