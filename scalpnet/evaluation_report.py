@@ -128,7 +128,9 @@ def plot_pr_curves(y: np.ndarray, probs: np.ndarray, per: dict, path: Path, titl
         ax.step(recall, precision, where="post", color="tab:blue", linewidth=1.6)
         ax.axhline(y[:, k].mean(), linestyle="--", color="grey", linewidth=0.8)
         if row["precision"] is not None and row["recall"] is not None:
-            ax.plot(row["recall"], row["precision"], "o", color="tab:red", markersize=6)
+            ax.plot(
+                row["recall"], row["precision"], "o", color="tab:red", markersize=6, clip_on=False
+            )
         ax.set_title(
             f"{ENGLISH_NAMES[k]}\nAP {row['average_precision']:.3f} (n={row['support']})",
             fontsize=10,
@@ -401,7 +403,13 @@ def render_report(metrics: dict, files: dict[str, Path]) -> str:
         "`—` marks an undefined value (no positive image, or nothing predicted positive); "
         "macro averages are taken over the conditions where the value is defined.",
     ]
-    notes = list(dict.fromkeys(metrics.get("notes", []) + tuned["notes"] + at5["notes"]))
+    both = [n for n in tuned["notes"] if n in at5["notes"]]
+    notes = [
+        *metrics.get("notes", []),
+        *both,
+        *(f"at tuned thresholds: {n}" for n in tuned["notes"] if n not in both),
+        *(f"at 0.5: {n}" for n in at5["notes"] if n not in both),
+    ]
     if notes:
         out += ["", "Notes:", "", *[f"- {note}" for note in notes]]
     out += ["", "## Calibration", "", *_calibration(metrics), "", "## Most confused pairs", ""]

@@ -402,3 +402,31 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert "dataset.csv" in capsys.readouterr().err
     with pytest.raises(evaluation.DatasetError, match="unknown split"):
         evaluation.EvaluationConfig(split="holdout")
+
+
+def test_report_from_arrays_labels_threshold_dependent_notes(tmp_path):
+    from scalpnet import evaluation_report
+
+    y_val, p_val = fixed_arrays(n=80, seed=21)
+    y, p = fixed_arrays(n=40, seed=22)
+    sections, _, _ = evaluation.evaluate_predictions(y_val, p_val, y, p)
+    sections["at_0.5"]["notes"].append("Psoriasis: nothing predicted positive")
+    metrics = {
+        "run": "arrays",
+        "demo": False,
+        "split": "test",
+        "split_scheme": "shipped",
+        "dataset_csv": "labels.csv",
+        "n_images": {"test": 40, "val": 80},
+        **sections,
+        "commands": {"evaluate": "python -m scalpnet evaluate --run runs/arrays", "train": None},
+        "evaluated": "now",
+    }
+    text = evaluation_report.render_report(metrics, {})
+    assert "Demo model" not in text
+    assert "copies of the same photo in train and test" in text  # shipped split warning
+    assert "- Tinea Capitis: no positive image" in text  # true at any threshold: no prefix
+    assert "at 0.5: Psoriasis: nothing predicted positive" in text
+    assert text.rstrip().endswith("```")
+    path = evaluation_report.write_report(tmp_path / "report.md", metrics, {})
+    assert path.read_text(encoding="utf-8") == text
