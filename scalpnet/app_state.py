@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,10 +33,13 @@ SETTING_NAMES = (
     "SCALPNET_MODEL_SHA256",  # ... and its required SHA-256
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",  # the SDK's other name for the key; wins over GEMINI_API_KEY
+    # Read by scalpnet.advisor.AdvisorConfig.from_env; tests point the SDK at a local fake.
     "GEMINI_MODEL",
-    "SCALPNET_GEMINI_BASE_URL",  # tests point the SDK at a local fake server
-    "SCALPNET_GEMINI_API_VERSION",
+    "GEMINI_BASE_URL",
+    "GEMINI_API_VERSION",
+    "GEMINI_TIMEOUT_S",
 )
+ADVISOR_SETTINGS = ("GEMINI_MODEL", "GEMINI_BASE_URL", "GEMINI_API_VERSION", "GEMINI_TIMEOUT_S")
 
 
 # --------------------------------------------------------------------------- settings
@@ -73,9 +76,7 @@ class Settings:
     model_url: str | None = None
     model_sha256: str | None = None
     gemini_api_key: str | None = None
-    gemini_model: str | None = None
-    gemini_base_url: str | None = None
-    gemini_api_version: str | None = None
+    advisor: Mapping[str, str] = field(default_factory=dict)  # ADVISOR_SETTINGS that are set
 
     @classmethod
     def from_sources(
@@ -94,9 +95,7 @@ class Settings:
             model_url=get("SCALPNET_MODEL_URL"),
             model_sha256=get("SCALPNET_MODEL_SHA256"),
             gemini_api_key=get("GOOGLE_API_KEY") or get("GEMINI_API_KEY"),
-            gemini_model=get("GEMINI_MODEL"),
-            gemini_base_url=get("SCALPNET_GEMINI_BASE_URL"),
-            gemini_api_version=get("SCALPNET_GEMINI_API_VERSION"),
+            advisor={name: get(name) for name in ADVISOR_SETTINGS if get(name)},
         )
 
     def __repr__(self) -> str:  # never show the key, e.g. in a traceback or a log line
@@ -442,18 +441,11 @@ def env_settings() -> dict[str, str]:
 
 
 def advisor_config(settings: Settings):
-    """The advisor's settings from the app's: model name and endpoint overrides.
+    """The advisor's config from GEMINI_MODEL / _BASE_URL / _API_VERSION / _TIMEOUT_S.
 
     The app shows the advisor's notice itself (``st.info``), so it is not repeated
     inside the streamed text.
     """
     from scalpnet.advisor import AdvisorConfig
 
-    overrides: dict = {"inline_notice": False}
-    if settings.gemini_model:
-        overrides["model"] = settings.gemini_model
-    if settings.gemini_base_url:
-        overrides["base_url"] = settings.gemini_base_url
-    if settings.gemini_api_version:
-        overrides["api_version"] = settings.gemini_api_version
-    return AdvisorConfig(**overrides)
+    return AdvisorConfig.from_env(settings.advisor, inline_notice=False)

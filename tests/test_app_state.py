@@ -96,16 +96,19 @@ def test_environment_wins_over_secrets_and_google_key_wins(tmp_path):
     secrets = {"SCALPNET_RUN": "runs/b", "GEMINI_MODEL": "gemini-x", "GOOGLE_API_KEY": "g-key"}
     settings = app_state.Settings.from_sources(env, secrets, tmp_path)
     assert settings.run == "runs/a"
-    assert settings.gemini_model == "gemini-x"
+    assert settings.advisor == {"GEMINI_MODEL": "gemini-x"}
     assert settings.gemini_api_key == "g-key"  # the SDK's order: GOOGLE_API_KEY first
     assert settings.runs_dir == tmp_path
     assert "g-key" not in repr(settings) and "env-key" not in repr(settings)
 
 
-def test_advisor_config_takes_the_overrides():
-    settings = app_state.Settings(
-        gemini_model="gemini-x", gemini_base_url="http://127.0.0.1:9", gemini_api_version="v9"
-    )
+def test_advisor_config_takes_the_overrides(tmp_path):
+    secrets = {
+        "GEMINI_MODEL": "gemini-x",
+        "GEMINI_BASE_URL": "http://127.0.0.1:9",
+        "GEMINI_API_VERSION": "v9",
+    }
+    settings = app_state.Settings.from_sources({}, secrets, tmp_path)
     config = app_state.advisor_config(settings)
     assert (config.model, config.base_url, config.api_version) == (
         "gemini-x",

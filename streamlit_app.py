@@ -1,0 +1,337 @@
+"""ScalpNet in the browser: ``streamlit run streamlit_app.py``.
+
+Widgets wired to ``scalpnet`` calls and nothing else: the model and Grad-CAM come
+from ``scalpnet.inference`` / ``scalpnet.explain``, the explanation from
+``scalpnet.advisor``, and the logic worth testing without a browser (settings, which
+model to load, the chart, the reports) from ``scalpnet.app_state``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from scalpnet import app_state
+from scalpnet.errors import InvalidImageError, ScalpNetError
+from scalpnet.labels import CONDITIONS, LANGUAGES
+from scalpnet.ui_text import LANGUAGE_NAMES, text
+
+APP_DIR = Path(__file__).resolve().parent
+DISPLAY_SIDE = 720  # JPEGs are decoded at reduced scale down to this side for display
+MAX_REMEMBERED_IMAGES = 16  # per session: predictions of the latest images
+
+
+# --------------------------------------------------------------------------- resources
+@st.cache_resource(show_spinner=False)
+def load_predictor(location: str, sha256: str | None):
+    """One Predictor per process, shared by all sessions (TensorFlow is imported here)."""
+    from scalpnet.inference import Predictor
+
+    return Predictor.load(location, sha256=sha256)
+
+
+def read_settings() -> tuple[app_state.Settings, str | None]:
+    """Environment first, then ``.streamlit/secrets.toml`` (missing or broken: ignored)."""
+    found, error = app_state.read_secrets(st.secrets, (Path.cwd(), APP_DIR, Path.home()))
+    settings = app_state.Settings.from_sources(os.environ, found, APP_DIR / "runs")
+    return settings, error
+
+
+def remembered(name: str) -> dict:
+    """A per-session dict in ``st.session_state`` (predictions, explanations, chats...)."""
+    return st.session_state.setdefault(f"remembered_{name}", {})
+
+
+def remember(name: str, key, value) -> None:
+    """Store in a per-session dict, forgetting the oldest entries beyond the limit."""
+    store = remembered(name)
+    store[key] = value
+    while len(store) > MAX_REMEMBERED_IMAGES * len(LANGUAGES):
+        store.pop(next(iter(store)))
+
+
+# --------------------------------------------------------------------------- sidebar
+def choose_language() -> str:
+    """한국어 / English; the browser's language decides the first choice."""
+    locale = (st.context.locale or "").lower()
+    default = "ko" if locale.startswith("ko") else "en"
+    return st.sidebar.radio(
+        text(default)["language"],
+        options=("ko", "en"),
+        index=("ko", "en").index(default),
+        format_func=LANGUAGE_NAMES.get,
+        horizontal=True,
+        key="language",
+    )
+
+
+def show_model(predictor, origin: str, language: str) -> None:
+    """Name, date, demo or real data, and the run's test metrics."""
+    t = text(language)
+    card = predictor.card or {}
+    st.sidebar.subheader(t["sidebar_model"])
+    demo = card.get("demo")
+    lines = [
+        f"**{t['model_name']}:** {predictor.name}",
+        f"**{t['model_created']}:** {card.get('created', '–')}",
+        f"**{t['model_data']}:** "
+        + (t["model_demo"] if demo else t["model_real"] if demo is not None else "–"),
+        f"**{t['model_image_size']}:** {predictor.image_size}×{predictor.image_size}",
+        f"**{t['model_source']}:** `{origin}`",
+    ]
+    st.sidebar.markdown("\n".join(f"- {line}" for line in lines))
+    metrics = app_state.read_metrics(predictor.source)
+    st.sidebar.markdown(f"**{t['model_metrics']}**")
+    metric_lines = app_state.metric_lines(metrics, language)
+    if metric_lines:
+        st.sidebar.markdown("\n".join(f"- {line}" for line in metric_lines))
+    else:
+        st.sidebar.caption(t["model_no_metrics"])
+
+
+def show_disclaimer(t) -> None:
+    st.sidebar.subheader(t["disclaimer_header"])
+    st.sidebar.caption(t["disclaimer"])
+
+
+# --------------------------------------------------------------------------- pages
+def no_model_page(settings: app_state.Settings, t) -> None:
+    st.title(t["no_model_title"])
+    st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
+
+
+def model_error_page(error: ScalpNetError, t) -> None:
+    st.title(t["model_error_title"])
+    st.error(t["model_error_body"].format(reason=error))
+    st.markdown(t["no_model_body"].format(runs_dir="runs/"))
+
+
+def photo_input(t):
+    """The uploaded file or the camera photo (an UploadedFile), or None."""
+    upload = st.file_uploader(
+        t["upload_label"].format(limit=app_state.MAX_UPLOAD_MB),
+        type=list(app_state.UPLOAD_TYPES),
+        max_upload_size=app_state.MAX_UPLOAD_MB,
+        key="upload",
+    )
+    if st.toggle(t["camera_toggle"], key="use_camera"):
+        shot = st.camera_input(t["camera_label"], key="camera")
+        if shot is not None:
+            return shot
+    return upload
+
+
+def predict(predictor, data: bytes, sha: str):
+    """The Prediction of these bytes, computed once per image and session."""
+    predictions = remembered("predictions")
+    if sha not in predictions:
+        remember("predictions", sha, predictor.predict(data))
+    return predictions[sha]
+
+
+def display_photo(data: bytes, sha: str):
+    """(H, W, 3) uint8 upright RGB of the current image (kept for its Grad-CAM overlay)."""
+    from scalpnet.preprocess import load_image
+
+    current = st.session_state.get("remembered_photo")
+    if current is None or current[0] != sha:
+        current = (sha, load_image(data, min_size=DISPLAY_SIDE))
+        st.session_state["remembered_photo"] = current
+    return current[1]
+
+
+def show_gradcam(predictor, prediction, data: bytes, photo, language: str, t) -> None:
+    """The optional Grad-CAM overlay for the top condition or another chosen one."""
+    if not st.toggle(t["gradcam_toggle"], key="gradcam"):
+        return
+    from scalpnet.explain import overlay
+
+    ranked = [CONDITIONS.index(c) for c, _ in prediction.ranked()]
+    index = st.selectbox(
+        t["chart_condition"],
+        options=ranked,
+        format_func=lambda i: CONDITIONS[i].name(language),
+        key="gradcam_condition",
+    )
+    heats = remembered("gradcam")
+    key = (prediction.image_sha256, index)
+    if key not in heats:
+        remember("gradcam", key, predictor.explain(data, prediction, classes=[index])[index])
+    st.image(
+        overlay(photo, heats[key]),
+        caption=t["gradcam_caption"].format(name=CONDITIONS[index].name(language)),
+        width="stretch",
+    )
+
+
+def show_result(predictor, prediction, language: str, t) -> None:
+    """Bars, the top result in words, and the out-of-distribution warning."""
+    st.subheader(t["chart_header"])
+    if prediction.is_ood:
+        threshold = getattr(predictor.ood, "threshold", None)
+        if prediction.ood_score is not None and threshold is not None:
+            st.warning(t["ood_warning"].format(score=prediction.ood_score, limit=threshold))
+        else:
+            st.warning(t["ood_warning_no_limit"])
+    top = prediction.top_condition
+    st.markdown(
+        t["top_result"].format(
+            name=top.name(language), prob=prediction.probabilities[prediction.top]
+        )
+    )
+    if prediction.positives:
+        names = ", ".join(CONDITIONS[i].name(language) for i in prediction.positives)
+        st.markdown(t["positives"].format(names=names))
+    else:
+        st.markdown(t["no_positive"])
+    st.vega_lite_chart(spec=app_state.probability_chart(prediction, language), width="stretch")
+    st.caption(t["chart_help"])
+
+
+def show_explanation(prediction, settings, language: str, t) -> app_state.Explanation:
+    """The advisor's explanation, streamed once per (image, language) and then remembered."""
+    from scalpnet import advisor
+
+    st.subheader(t["explanation_header"])
+    key = (prediction.image_sha256, language)
+    notice_slot = st.empty()
+    explanations = remembered("explanations")
+    if key in explanations:
+        st.markdown(explanations[key].text)
+    else:
+        advice = advisor.stream_advice(
+            prediction,
+            language,
+            api_key=settings.gemini_api_key,
+            config=app_state.advisor_config(settings),
+        )
+        st.write_stream(advice)
+        remember(
+            "explanations", key, app_state.Explanation(advice.text, advice.source, advice.notice)
+        )
+    explanation = explanations[key]
+    if explanation.notice:
+        notice_slot.info(explanation.notice)
+    st.caption(t[f"source_{explanation.source}"])
+    return explanation
+
+
+def show_downloads(report: dict, t) -> None:
+    st.subheader(t["downloads_header"])
+    stem = f"scalpnet-{(report['image']['sha256'] or 'result')[:12]}"
+    left, right = st.columns(2)
+    left.download_button(
+        t["download_json"],
+        app_state.report_json(report),
+        file_name=f"{stem}.json",
+        mime="application/json",
+        on_click="ignore",
+        key="download_json",
+    )
+    right.download_button(
+        t["download_md"],
+        app_state.report_markdown(report),
+        file_name=f"{stem}.md",
+        mime="text/markdown",
+        on_click="ignore",
+        key="download_md",
+    )
+
+
+def show_chat(prediction, explanation, settings, language: str, t) -> None:
+    """Follow-up questions about this result, answered by the advisor (streamed)."""
+    from scalpnet import advisor
+
+    st.subheader(t["chat_header"])
+    if not settings.gemini_api_key:
+        st.caption(t["chat_offline"])
+    history = remembered("chats").setdefault((prediction.image_sha256, language), [])
+    for message in history:
+        with st.chat_message(message["role"]):
+            st.markdown(message["content"])
+    question = st.chat_input(t["chat_placeholder"], key="question")
+    if not question:
+        return
+    with st.chat_message("user"):
+        st.markdown(question)
+    with st.chat_message("assistant"):
+        answer = advisor.follow_up(
+            prediction,
+            [{"role": "assistant", "content": explanation.text}, *history],
+            question,
+            language,
+            api_key=settings.gemini_api_key,
+            config=app_state.advisor_config(settings),
+        )
+        st.write_stream(answer)
+        if answer.notice:
+            st.caption(answer.notice)
+    history += [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer.text},
+    ]
+
+
+# --------------------------------------------------------------------------- the page
+def main() -> None:
+    st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
+    language = choose_language()
+    t = text(language)
+    settings, secrets_error = read_settings()
+    if secrets_error:
+        st.sidebar.warning(t["secrets_warning"].format(reason=secrets_error))
+    try:
+        source = app_state.find_model_source(settings)
+        if source is None:
+            show_disclaimer(t)
+            no_model_page(settings, t)
+            return
+        with st.spinner("…"):
+            predictor = load_predictor(source.location, source.sha256)
+    except ScalpNetError as error:
+        show_disclaimer(t)
+        model_error_page(error, t)
+        return
+    show_model(predictor, source.origin, language)
+    show_disclaimer(t)
+
+    st.title(t["title"])
+    st.caption(t["intro"])
+    if (predictor.card or {}).get("demo"):
+        st.warning(t["demo_banner"])
+    photo_file = photo_input(t)
+    if photo_file is None:
+        st.info(t["waiting"])
+        return
+    data = photo_file.getvalue()
+    try:
+        app_state.check_upload(data, language)
+        sha = app_state.image_sha256(data)
+        prediction = predict(predictor, data, sha)
+        photo = display_photo(data, sha)
+    except InvalidImageError as error:
+        st.error(t["bad_image"].format(reason=error, limit=app_state.MAX_UPLOAD_MB))
+        return
+
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.image(photo, caption=t["photo_caption"], width="stretch")
+        show_gradcam(predictor, prediction, data, photo, language, t)
+    with right:
+        show_result(predictor, prediction, language, t)
+    explanation = show_explanation(prediction, settings, language, t)
+    report = app_state.build_report(
+        prediction,
+        card=predictor.card or {"name": predictor.name},
+        language=language,
+        image_name=photo_file.name,
+        explanation=explanation,
+        metrics=app_state.read_metrics(predictor.source),
+    )
+    show_downloads(report, t)
+    show_chat(prediction, explanation, settings, language, t)
+
+
+main()

@@ -1,0 +1,440 @@
+"""The Streamlit app through ``streamlit.testing.v1.AppTest`` (no browser).
+
+A 64-px untrained model with its own thresholds, temperatures and OOD model stands in
+for a trained run: the app's job is to draw what the Predictor returns, and these tests
+check it draws exactly that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalpnet.labels import CONDITIONS, KEYS
+from scalpnet.ui_text import text
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+SIZE = 64
+TIMEOUT = 180  # the first run imports TensorFlow and loads the model
+EN, KO = text("en"), text("ko")
+KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+APP_VARS = (
+    *KEY_VARS,
+    "SCALPNET_RUN",
+    "SCALPNET_RUNS_DIR",
+    "SCALPNET_MODEL_URL",
+    "SCALPNET_MODEL_SHA256",
+    "GEMINI_MODEL",
+    "GEMINI_BASE_URL",
+    "GEMINI_API_VERSION",
+    "GEMINI_TIMEOUT_S",
+)
+
+
+# --------------------------------------------------------------------------- fixtures
+def write_run(folder: Path, model_file: Path | None = None, ood_threshold: float = 1e12) -> Path:
+    """A complete run folder: model (built, or linked), card, thresholds, calibration, OOD."""
+    from scalpnet.ood import OODModel
+
+    folder.mkdir(parents=True)
+    if model_file is None:
+        import keras
+
+        from scalpnet.model import build_model, save_model
+
+        keras.utils.set_random_seed(7)
+        save_model(build_model(image_size=SIZE, weights=None), folder / "model.keras")
+    else:
+        (folder / "model.keras").symlink_to(model_file)
+    card = {
+        "name": folder.name,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "demo": True,
+        "image_size": SIZE,
+        "labels": [{"key": c.key, "english": c.english, "korean": c.korean} for c in CONDITIONS],
+        "weights": "none",
+    }
+    (folder / "model_card.json").write_text(json.dumps(card))
+    thresholds = {k: 0.3 + 0.04 * i for i, k in enumerate(KEYS)}
+    (folder / "thresholds.json").write_text(json.dumps({"thresholds": thresholds}))
+    temperatures = {k: 0.5 + 0.15 * i for i, k in enumerate(KEYS)}
+    calibration = {"method": "temperature", "fitted_on": "val", "temperature": temperatures}
+    (folder / "calibration.json").write_text(json.dumps(calibration))
+    # A trivial OOD model: distance to the origin, with the threshold chosen by the test.
+    OODModel(
+        means=np.zeros((1, 2048), np.float32),
+        whitener=np.eye(2048, dtype=np.float32),
+        classes=np.array([0]),
+        threshold=ood_threshold,
+    ).save(folder / "ood.npz")
+    metrics = {
+        "split": "test",
+        "split_scheme": "grouped",
+        "n_images": {"test": 30},
+        "at_tuned": {"top1_accuracy": 0.5, "macro": {"f1": 0.25}},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory) -> Path:
+    return write_run(tmp_path_factory.mktemp("app") / "runs" / "r64")
+
+
+@pytest.fixture(scope="module")
+def reference(app_run):
+    """An independent Predictor on the same run: what the app must show."""
+    from scalpnet.inference import Predictor
+
+    return Predictor.load(app_run)
+
+
+@pytest.fixture
+def env(monkeypatch, app_run):
+    """The app's environment: the test run, no Gemini key, nothing else configured."""
+    for name in APP_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SCALPNET_RUN", str(app_run))
+    return monkeypatch
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def synthetic_jpeg() -> bytes:
+    from scalpnet.synthetic import make_image
+
+    return jpeg(make_image(4, np.random.default_rng(3), size=(240, 320)))
+
+
+@pytest.fixture(scope="module")
+def real_photo(real_scalp_dir) -> Path:
+    return sorted(real_scalp_dir.glob("*.jpg"))[0]
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    # A non-empty st.secrets stops AppTest from reading a developer's secrets.toml.
+    at.secrets["SCALPNET_TEST"] = "1"
+    return at.run()
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str = "image/jpeg") -> AppTest:
+    at.file_uploader(key="upload").set_value((name, data, mime))
+    return at.run()
+
+
+def chart_rows(at: AppTest) -> list[dict]:
+    """The rows behind the probability chart (Streamlit ships them as an Arrow table)."""
+    import pyarrow as pa
+
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1
+    return pa.ipc.open_stream(charts[0].proto.data.data).read_all().to_pylist()
+
+
+def all_text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [a.value for kind in ("info", "warning", "error", "success") for a in at.get(kind)]
+    return "\n".join(parts)
+
+
+def assert_no_error(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def assert_shows(at: AppTest, reference, data: bytes, language: str = "en") -> None:
+    """The chart carries the 10 conditions in label order with the Predictor's numbers."""
+    expected = reference.predict(data)
+    rows = chart_rows(at)
+    assert [r["key"] for r in rows] == list(KEYS)
+    assert [r["condition"] for r in rows] == [c.name(language) for c in CONDITIONS]
+    np.testing.assert_allclose([r["probability"] for r in rows], expected.probabilities, atol=1e-5)
+    np.testing.assert_allclose([r["threshold"] for r in rows], expected.thresholds, atol=1e-6)
+    assert [r["above"] for r in rows] == [
+        p >= t for p, t in zip(expected.probabilities, expected.thresholds, strict=True)
+    ]
+    t = text(language)
+    top = expected.top_condition.name(language)
+    assert any(m.value.startswith(t["top_result"].split("**")[0]) and top in m.value
+               for m in at.markdown)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- no model
+def test_no_model_page_says_how_to_get_one(env, tmp_path):
+    env.delenv("SCALPNET_RUN")
+    env.setenv("SCALPNET_RUNS_DIR", str(tmp_path / "runs"))
+    at = new_app()
+    assert_no_error(at)
+    assert at.title[0].value == EN["no_model_title"]
+    page = all_text(at)
+    assert "python train.py --demo" in page and "python train.py --data" in page
+    assert "SCALPNET_MODEL_URL" in page
+    assert EN["disclaimer"] in page
+    assert not at.file_uploader
+
+
+def test_unloadable_model_gives_a_clear_page_not_a_traceback(env, tmp_path):
+    env.setenv("SCALPNET_RUN", str(tmp_path / "no_such_run"))
+    at = new_app()
+    assert not at.exception
+    assert at.title[0].value == EN["model_error_title"]
+    assert "no_such_run" in at.error[0].value
+    env.delenv("SCALPNET_RUN")
+    env.setenv("SCALPNET_MODEL_URL", "https://example.com/model.keras")
+    at = new_app()
+    assert not at.exception
+    assert "SCALPNET_MODEL_SHA256" in at.error[0].value
+
+
+def test_newest_run_in_runs_dir_is_used(env, app_run):
+    env.delenv("SCALPNET_RUN")
+    env.setenv("SCALPNET_RUNS_DIR", str(app_run.parent))
+    at = new_app()
+    assert_no_error(at)
+    assert at.title[0].value == EN["title"]
+    assert "r64" in all_text(at)
+
+
+def test_missing_or_broken_secrets_file_does_not_break_the_app(env, tmp_path):
+    env.chdir(tmp_path)  # Streamlit looks for .streamlit/secrets.toml in the working directory
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # no st.secrets at all
+    assert_no_error(at)
+    assert at.title[0].value == EN["title"] and not at.sidebar.warning
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "secrets.toml").write_text('GEMINI_API_KEY = "unterminated\n')
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == EN["title"]
+    assert "secrets.toml" in at.sidebar.warning[0].value
+
+
+# --------------------------------------------------------------------------- predictions
+def test_synthetic_upload_shows_the_predictors_numbers_and_fact_sheets(
+    env, reference, synthetic_jpeg
+):
+    at = new_app()
+    assert_no_error(at)
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "r64" in sidebar and EN["model_demo"] in sidebar
+    assert "top-1 accuracy: 50.0%" in sidebar
+    assert EN["demo_banner"] in [w.value for w in at.warning]
+    assert at.info[0].value == EN["waiting"]
+
+    at = upload(at, "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert_shows(at, reference, synthetic_jpeg)
+    assert len(at.get("image")) >= 1  # the photo
+    # No key: the offline fact sheet, its label, and the advisor's reason.
+    from scalpnet import advisor
+
+    page = all_text(at)
+    top_key = KEYS[reference.predict(synthetic_jpeg).top]
+    assert advisor.fact_sheet(top_key, "en")["summary"] in page
+    assert EN["source_offline"] in page
+    assert "no Gemini API key" in page
+    assert not any(EN["ood_warning"][:40] in w.value for w in at.warning)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == [EN["download_json"], EN["download_md"]]
+
+
+def test_real_photo_upload(env, reference, real_photo):
+    data = real_photo.read_bytes()
+    at = upload(new_app(), real_photo.name, data)
+    assert_no_error(at)
+    assert_shows(at, reference, data)
+
+
+def test_camera_photo(env, reference, synthetic_jpeg):
+    at = new_app()
+    at.toggle(key="use_camera").set_value(True).run()
+    at.camera_input(key="camera").set_value(("shot.jpg", synthetic_jpeg, "image/jpeg"))
+    at.run()
+    assert_no_error(at)
+    assert_shows(at, reference, synthetic_jpeg)
+
+
+def test_heic_upload(env, reference, synthetic_jpeg):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    try:
+        pillow_heif.from_pillow(Image.open(io.BytesIO(synthetic_jpeg))).save(buffer, quality=90)
+    except Exception as exc:  # an encoder-less libheif build
+        pytest.skip(f"pillow-heif cannot encode HEIC here: {exc}")
+    at = new_app()
+    assert {".heic", ".heif"} <= set(at.file_uploader(key="upload").allowed_type)
+    at = upload(at, "scalp.heic", buffer.getvalue(), "image/heic")
+    assert_no_error(at)
+    assert_shows(at, reference, buffer.getvalue())
+
+
+def test_language_switch_changes_labels_names_and_explanation(env, synthetic_jpeg, reference):
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert at.title[0].value == EN["title"]
+    at.radio(key="language").set_value("ko").run()
+    assert_no_error(at)
+    assert at.title[0].value == KO["title"]
+    assert_shows(at, reference, synthetic_jpeg, "ko")
+    from scalpnet import advisor
+
+    top_key = KEYS[reference.predict(synthetic_jpeg).top]
+    page = all_text(at)
+    assert advisor.fact_sheet(top_key, "ko")["summary"] in page
+    assert KO["source_offline"] in page
+    assert EN["source_offline"] not in page
+    assert [b.label for b in at.get("download_button")] == [
+        KO["download_json"],
+        KO["download_md"],
+    ]
+
+
+def test_prediction_is_not_recomputed_on_widget_changes(env, synthetic_jpeg, monkeypatch):
+    from scalpnet.inference import Predictor
+
+    calls = []
+    original = Predictor.predict
+
+    def counting(self, image, tta=False):
+        calls.append(1)
+        return original(self, image, tta=tta)
+
+    monkeypatch.setattr(Predictor, "predict", counting)
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert len(calls) == 1
+    at.radio(key="language").set_value("ko").run()
+    at.radio(key="language").set_value("en").run()
+    at.toggle(key="gradcam").set_value(True).run()
+    assert_no_error(at)
+    assert len(calls) == 1
+
+
+def test_gradcam_overlay(env, synthetic_jpeg):
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    images_before = len(at.get("image"))
+    at.toggle(key="gradcam").set_value(True).run()
+    assert_no_error(at)
+    assert len(at.get("image")) == images_before + 1
+    captions = [img.caption for image in at.get("image") for img in image.proto.imgs]
+    assert any("Grad-CAM" in caption for caption in captions)
+
+
+def test_ood_photo_gets_a_warning(env, app_run, tmp_path, synthetic_jpeg):
+    strict = write_run(tmp_path / "strict", model_file=app_run / "model.keras", ood_threshold=0.0)
+    env.setenv("SCALPNET_RUN", str(strict))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert any(w.value.startswith(EN["ood_warning"][:40]) for w in at.warning)
+
+
+# --------------------------------------------------------------------------- bad uploads
+def test_bad_upload_shows_one_message_and_the_next_upload_works(env, reference, synthetic_jpeg):
+    at = upload(new_app(), "photo.jpg", b"this is not a photo at all")
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith(EN["bad_image"].split(":")[0])
+    assert not at.get("vega_lite_chart")
+    at = upload(at, "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert_shows(at, reference, synthetic_jpeg)
+
+
+def test_upload_over_the_limit_is_refused(env, synthetic_jpeg):
+    from scalpnet.app_state import MAX_UPLOAD_MB
+
+    big = synthetic_jpeg + b"\0" * (MAX_UPLOAD_MB * 1024 * 1024)
+    at = upload(new_app(), "huge.jpg", big)
+    assert not at.exception
+    assert len(at.error) == 1 and f"{MAX_UPLOAD_MB} MB" in at.error[0].value
+    at = upload(at, "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert len(chart_rows(at)) == 10
+
+
+# --------------------------------------------------------------------------- Gemini
+@pytest.fixture
+def fake_gemini(env):
+    from tests.fake_gemini import FakeGemini
+
+    with FakeGemini(api_key="test-key") as fake:
+        env.setenv("GEMINI_API_KEY", "test-key")
+        env.setenv("GEMINI_BASE_URL", fake.base_url)
+        env.setenv("GEMINI_API_VERSION", fake.api_version)
+        env.setenv("GEMINI_TIMEOUT_S", "10")
+        yield fake
+
+
+def test_gemini_explanation_is_streamed_once_per_image_and_language(
+    fake_gemini, synthetic_jpeg, reference
+):
+    from tests.fake_gemini import text_stream
+
+    fake_gemini.enqueue(text_stream(["Likely **", "tinea**. ", "See a doctor."]))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    page = all_text(at)
+    assert "Likely **tinea**. See a doctor." in page
+    assert EN["source_gemini"] in page
+    assert not at.info  # no notice: the live text arrived
+    assert len(fake_gemini.requests) == 1
+    top = reference.predict(synthetic_jpeg).top_condition
+    assert top.english in fake_gemini.requests[0].prompt_text
+
+    at.toggle(key="gradcam").set_value(True).run()  # a rerun does not ask again
+    assert len(fake_gemini.requests) == 1
+    fake_gemini.enqueue(text_stream(["한국어 ", "설명"]))
+    at.radio(key="language").set_value("ko").run()
+    assert_no_error(at)
+    assert "한국어 설명" in all_text(at)
+    assert len(fake_gemini.requests) == 2
+    assert "Korean" in fake_gemini.requests[1].system_text
+    at.radio(key="language").set_value("en").run()
+    assert len(fake_gemini.requests) == 2
+    assert "Likely **tinea**. See a doctor." in all_text(at)
+
+
+def test_gemini_failure_falls_back_to_the_fact_sheet_with_a_notice(fake_gemini, synthetic_jpeg):
+    from tests.fake_gemini import invalid_key
+
+    fake_gemini.enqueue(invalid_key())
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert "rejected" in at.info[0].value
+    assert EN["source_offline"] in all_text(at)
+
+
+def test_follow_up_chat_keeps_the_history(fake_gemini, synthetic_jpeg):
+    from tests.fake_gemini import text_stream
+
+    fake_gemini.enqueue(text_stream(["First explanation."]), text_stream(["Not ", "contagious."]))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    at.chat_input(key="question").set_value("Is it contagious?").run()
+    assert_no_error(at)
+    messages = at.chat_message
+    assert [m.name for m in messages] == ["user", "assistant"]
+    assert "Not contagious." in all_text(at)
+    assert "Is it contagious?" in fake_gemini.requests[-1].prompt_text
+    fake_gemini.enqueue(text_stream(["Wash ", "bedding."]))
+    at.chat_input(key="question").set_value("What about pillows?").run()
+    assert_no_error(at)
+    assert len(at.chat_message) == 4
+    sent = fake_gemini.requests[-1].prompt_text
+    assert "Is it contagious?" in sent and "Not contagious." in sent
+    assert len(fake_gemini.requests) == 3
