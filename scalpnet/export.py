@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,9 @@ def _run_litert(path: Path, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_path=os.fspath(path))
+    with warnings.catch_warnings():  # TF's own interpreter warns that it is deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(model_path=os.fspath(path))
     detail_in = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail_in["index"], list(images.shape))
     interpreter.allocate_tensors()

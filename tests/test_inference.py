@@ -91,15 +91,19 @@ def test_every_source_kind_gives_the_same_prediction(predictor, tmp_path):
         predictor.predict(12345)
 
 
-def test_uncalibrated_run_and_bare_keras_file(tmp_path):
+def test_run_without_calibration_or_thresholds(tmp_path):
     run = make_run(tmp_path / "plain", calibrated=False)
     (run / "thresholds.json").unlink()
-    for source in (run, model_file()):
-        p = Predictor.load(source).predict(photo(4))
-        assert p.probabilities == p.raw_probabilities  # identity calibration
-        assert p.thresholds == (0.5,) * NUM_CLASSES
+    p = Predictor.load(run).predict(photo(4))
+    assert p.probabilities == p.raw_probabilities  # identity calibration, exactly
+    assert p.thresholds == (0.5,) * NUM_CLASSES
+
+
+def test_bare_keras_file_gets_defaults():
     bare = Predictor.load(model_file())
     assert bare.card is None and bare.ood is None and bare.image_size == SIZE
+    p = bare.predict(photo(4))
+    assert p.probabilities == p.raw_probabilities and p.thresholds == (0.5,) * NUM_CLASSES
 
 
 def test_keras_file_inside_a_run_folder_uses_the_folder(run_dir):

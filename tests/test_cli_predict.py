@@ -1,0 +1,175 @@
+"""`python -m scalpnet predict`: output, exit codes, and a corpus of awkward and broken files."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inference_helpers import THRESHOLDS, jpeg_bytes, make_run, photo
+from PIL import Image
+
+from scalpnet import cli
+from scalpnet.errors import InvalidImageError
+from scalpnet.inference import Predictor
+from scalpnet.labels import CONDITIONS, KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels but holds almost no data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _save(path: Path, image: Image.Image, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """{"good": name -> path, "bad": name -> path}: every kind of file issue 5 lists."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    d = tmp_path_factory.mktemp("corpus")
+    rgb = photo(10, shape=(90, 120))
+    data = jpeg_bytes(rgb)
+    good, bad = {}, {}
+    (d / "plain.jpg").write_bytes(data)
+    good["plain"] = d / "plain.jpg"
+    frames = [Image.fromarray(photo(11 + i, shape=(70, 70))) for i in range(3)]
+    good["animated_gif"] = _save(
+        d / "animated.gif", frames[0], save_all=True, append_images=frames[1:], duration=80, loop=0
+    )
+    good["cmyk_jpeg"] = _save(d / "cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), format="JPEG")
+    sixteen = (np.linspace(0, 65535, 80 * 80).reshape(80, 80)).astype(np.uint16)
+    good["png_16bit"] = _save(d / "sixteen.png", Image.fromarray(sixteen))
+    alpha = np.full((90, 120, 1), 128, np.uint8)
+    good["rgba_png"] = _save(d / "alpha.png", Image.fromarray(np.concatenate([rgb, alpha], 2)))
+    rotated = Image.open(io.BytesIO(data))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    good["exif_rotated"] = _save(d / "rotated.jpg", rotated, exif=exif, quality=95)
+    good["heic"] = _save(d / "photo.heic", Image.fromarray(rgb), format="HEIF")
+
+    (d / "empty.jpg").write_bytes(b"")
+    bad["empty"] = d / "empty.jpg"
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    bad["truncated"] = d / "truncated.jpg"
+    (d / "notes.jpg").write_text("shopping list: eggs, milk\n" * 20)
+    bad["not_an_image"] = d / "notes.jpg"
+    (d / "huge.png").write_bytes(_png_header_only(8000, 7000))  # 56 MP declared
+    bad["huge_dimensions"] = d / "huge.png"
+    (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))  # 900 MP declared
+    bad["bomb"] = d / "bomb.png"
+    bad["missing"] = d / "does_not_exist.jpg"
+    return {"good": good, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("cli") / "run")
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_corpus_through_the_cli(corpus, run_dir, capsys):
+    """Good files are predicted, each bad file is one error line, and the exit code is 2."""
+    good, bad = corpus["good"], corpus["bad"]
+    pairs = itertools.zip_longest(good.values(), bad.values())  # good and bad interleaved
+    files = [str(path) for pair in pairs for path in pair if path is not None]
+    code = cli.main(["predict", *files, "--run", str(run_dir), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in err
+    lines = _error_lines(err)
+    assert len(lines) == len(bad)
+    for path in bad.values():
+        assert sum(path.name in line for line in lines) == 1, (path.name, lines)
+    document = json.loads(out)
+    assert [r["image"] for r in document["results"]] == [str(p) for p in good.values()]
+    assert len(document["errors"]) == len(bad)
+    for result in document["results"]:
+        assert list(result["probabilities"]) == list(KEYS)
+        assert result["top"] in KEYS and set(result["positives"]) <= set(KEYS)
+        assert list(result["thresholds"].values()) == pytest.approx(THRESHOLDS)
+
+
+def test_awkward_files_predict_like_their_plain_equivalents(corpus, run_dir):
+    """EXIF rotation is applied, a GIF is its first frame, bad files poison nothing."""
+    predictor = Predictor.load(run_dir)
+    plain = predictor.predict(corpus["good"]["plain"])
+    stored = np.asarray(Image.open(corpus["good"]["exif_rotated"]).convert("RGB"))  # as stored
+    upright = predictor.predict(np.rot90(stored, k=-1).copy())  # what orientation 6 displays
+    rotated = predictor.predict(corpus["good"]["exif_rotated"])
+    np.testing.assert_allclose(rotated.probabilities, upright.probabilities, atol=1e-6)
+    assert rotated.probabilities != predictor.predict(stored).probabilities
+    first = np.asarray(Image.open(corpus["good"]["animated_gif"]).convert("RGB"))
+    gif = predictor.predict(corpus["good"]["animated_gif"])
+    np.testing.assert_allclose(gif.probabilities, predictor.predict(first).probabilities, atol=1e-6)
+    for path in corpus["bad"].values():
+        with pytest.raises(InvalidImageError):
+            predictor.predict(path)
+        assert predictor.predict(corpus["good"]["plain"]).probabilities == plain.probabilities
+
+
+def test_text_output_names_conditions_and_exit_code_zero(corpus, run_dir, capsys, tmp_path):
+    cam = tmp_path / "cam.png"
+    code = cli.main(
+        ["predict", str(corpus["good"]["plain"]), "--run", str(run_dir), "--gradcam", str(cam),
+         "--tta"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and _error_lines(err) == []
+    for condition in CONDITIONS:
+        assert condition.english in out
+    assert "top:" in out and "above threshold:" in out and "Grad-CAM:" in out
+    assert cam.is_file()
+    assert Image.open(cam).size == Image.open(corpus["good"]["plain"]).size
+
+
+def test_model_problems_are_one_line_and_exit_2(corpus, tmp_path, capsys):
+    image = str(corpus["good"]["plain"])
+    for argv in (
+        ["predict", image, "--run", str(tmp_path / "no_such_run")],
+        ["predict", image, "--run", "https://127.0.0.1:9/model.keras"],  # no --sha256
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(_error_lines(err)) == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_corpus_in_a_real_process(corpus, run_dir):
+    """The same corpus through `python -m scalpnet` in a fresh process: no traceback."""
+    files = [str(p) for p in (*corpus["good"].values(), *corpus["bad"].values())]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalpnet", "predict", *files, "--run", str(run_dir)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(_error_lines(proc.stderr)) == len(corpus["bad"])
+    assert proc.stdout.count("top:") == len(corpus["good"])

@@ -1,0 +1,105 @@
+"""Grad-CAM: shape and range, the maths against CAM, overlays, and where a trained model looks."""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from inference_helpers import SIZE, model_file, photo
+
+from scalpnet import explain
+from scalpnet.inference import Predictor
+from scalpnet.model import LAST_CONV_LAYER
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load(model_file())
+
+
+def test_heatmap_shape_range_and_dtype(predictor):
+    pixels = predictor.prepare(photo(0)).pixels
+    heat = explain.gradcam(predictor.model, pixels, class_index=3)
+    assert heat.shape == (SIZE, SIZE) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0)
+
+
+def test_gradcam_equals_cam_for_a_pooled_linear_head(predictor):
+    """With global average pooling + one Dense layer, Grad-CAM's channel weights are the
+    Dense kernel column (over h*w), so the map must equal CAM computed by hand."""
+    model = predictor.model
+    pixels = predictor.prepare(photo(1)).pixels
+    classes = [0, 4, 9]
+    heats = explain.GradCam(model)(pixels, classes)
+    conv = keras.Model(model.inputs, model.get_layer(LAST_CONV_LAYER).output)
+    activations = np.asarray(conv([pixels[None].astype(np.float32)], training=False))[0]
+    kernel = np.asarray(model.layers[-1].kernel)  # (2048, 10)
+    for heat, c in zip(heats, classes, strict=True):
+        cam = np.maximum(activations @ kernel[:, c], 0)  # (h, w)
+        cam = cv2.resize(cam.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+        cam = np.maximum(cam, 0)
+        expected = cam / cam.max() if cam.max() > 0 else cam
+        np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
+def test_predictor_explains_the_top_condition_and_each_positive(predictor):
+    rgb = photo(2)
+    prediction = predictor.predict(rgb)
+    heats = predictor.explain(rgb, prediction)
+    assert next(iter(heats)) == prediction.top
+    assert set(heats) == {prediction.top, *prediction.positives}
+    chosen = predictor.explain(rgb, classes=[5])
+    assert list(chosen) == [5] and chosen[5].shape == (SIZE, SIZE)
+
+
+def test_overlay_resizes_the_heat_onto_the_photo():
+    rgb = photo(3, shape=(120, 200))
+    heat = np.zeros((SIZE, SIZE), np.float32)
+    heat[: SIZE // 2, : SIZE // 2] = 1.0  # hot top-left quadrant
+    out = explain.overlay(rgb, heat, alpha=0.5)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(explain.overlay(rgb, heat, alpha=0.0), rgb)
+    colours = explain.overlay(rgb, heat, alpha=1.0)
+    assert colours[10, 10, 0] > 100 and colours[10, 10, 2] < 50  # JET: hot is red
+    assert colours[110, 190, 2] > 100 and colours[110, 190, 0] < 50  # cold is blue
+    with pytest.raises(ValueError, match="alpha"):
+        explain.overlay(rgb, heat, alpha=1.5)
+
+
+def test_save_png(tmp_path):
+    from PIL import Image
+
+    rgb = photo(4)
+    path = explain.save_png(tmp_path / "sub" / "cam.png", rgb)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), rgb)
+
+
+def _quadrant_means(heat: np.ndarray) -> np.ndarray:
+    h, w = heat.shape
+    return np.array(
+        [
+            heat[: h // 2, : w // 2].mean(),
+            heat[: h // 2, w // 2 :].mean(),
+            heat[h // 2 :, : w // 2].mean(),
+            heat[h // 2 :, w // 2 :].mean(),
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_heat_concentrates_where_the_condition_is_drawn(tiny_run):
+    """A trained model's heat for a condition drawn in the top-left corner is highest there."""
+    from scalpnet.synthetic import make_image
+
+    predictor = Predictor.load(tiny_run)
+    size = predictor.image_size
+    checked, hits = 0, 0
+    for condition in range(10):
+        rng = np.random.default_rng(100 + condition)
+        image = make_image(condition, rng, size=(size * 3, size * 3), where=(0.2, 0.2))
+        heat = predictor.explain(image, classes=[condition])[condition]
+        quadrants = _quadrant_means(heat)
+        checked += 1
+        hits += int(np.argmax(quadrants) == 0)
+    assert hits >= 0.7 * checked, f"heat in the drawn corner for only {hits} of {checked}"
