@@ -44,9 +44,14 @@ def _photo_bytes(rng: np.random.Generator, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def _stats(ms: list[float]) -> tuple[float, float, float]:
+def _stats(ms: list[float]) -> tuple[float, float, float, float]:
     a = np.asarray(ms)
-    return float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.mean())
+    return (
+        float(np.percentile(a, 50)),
+        float(np.percentile(a, 95)),
+        float(a.mean()),
+        float(a.min()),
+    )
 
 
 def main(argv=None) -> int:
@@ -121,10 +126,10 @@ def main(argv=None) -> int:
     split = [predictor.predict(photos[i % len(photos)]).timings_ms for i in range(5)]
     base = _stats(times["bare compiled forward"])[0]
     print(f"\nsingle image, batch 1, {args.repeats} calls each (ms)")
-    print(f"{'method':<34}{'p50':>9}{'p95':>9}{'mean':>9}{'p50 / bare':>12}")
+    print(f"{'method':<34}{'p50':>9}{'p95':>9}{'mean':>9}{'min':>9}{'p50 / bare':>12}")
     for label, ms in times.items():
-        p50, p95, mean = _stats(ms)
-        print(f"{label:<34}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{p50 / base:>11.2f}x")
+        p50, p95, mean, low = _stats(ms)
+        print(f"{label:<34}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{low:>9.1f}{p50 / base:>11.2f}x")
     print("predictor stages (median of 5, ms): " + ", ".join(
         f"{k} {np.median([s[k] for s in split]):.1f}" for k in ("preprocess", "forward", "total")
     ))  # fmt: skip

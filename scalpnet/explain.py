@@ -37,7 +37,10 @@ class GradCam:
         score_source = head.input if linear_head else model.output
         probe = keras.Model(model.inputs, [model.get_layer(layer).output, score_source])
 
-        @tf.function(input_signature=[tf.TensorSpec((None, self.size, self.size, 3), tf.float32)])
+        @tf.function(
+            input_signature=[tf.TensorSpec((None, self.size, self.size, 3), tf.float32)],
+            autograph=False,  # the only branch is on a Python constant
+        )
         def maps(images):
             with tf.GradientTape() as tape:
                 # Watching the input records every op after it (even with frozen layers).

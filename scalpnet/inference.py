@@ -236,6 +236,7 @@ class Predictor:
         self.ood = ood
         self.card = card
         self.source = source
+        self.run_dir: Path | None = None  # set by load() when a run folder was loaded
         self._lock = threading.Lock()
         self._gradcam = None
         two_headed = features_model(model)  # -> [(B, 2048) features, (B, 10) probabilities]
@@ -244,6 +245,7 @@ class Predictor:
         @tf.function(
             input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)],
             jit_compile=jit_compile,
+            autograph=False,  # no Python control flow to convert
         )
         def forward(images):
             features, probs = two_headed(tf.cast(images, tf.float32), training=False)
@@ -278,11 +280,13 @@ class Predictor:
             path = fetch_model(text, sha256, cache_dir)
         else:
             path = Path(text)
-            if sha256 is not None and path.is_file():
-                got = file_sha256(path)
+            model_path = path / MODEL_FILE if path.is_dir() else path
+            if sha256 is not None and model_path.is_file():
+                got = file_sha256(model_path)
                 if got != _check_sha256(text, sha256):
                     raise ModelNotFoundError(
-                        f"'{path}' has sha256 {got}, expected {sha256.lower()}; refusing to load it"
+                        f"'{model_path}' has sha256 {got}, expected {sha256.lower()}; "
+                        "refusing to load it"
                     )
         if path.is_file() and (path.parent / CARD_FILE).is_file():
             path = path.parent
@@ -334,7 +338,7 @@ class Predictor:
                 ood = OODModel.load(run_dir / OOD_FILE)
             except Exception as exc:
                 raise ModelNotFoundError(str(exc)) from None
-        return cls(
+        predictor = cls(
             model,
             image_size=size,
             thresholds=thresholds,
@@ -344,6 +348,8 @@ class Predictor:
             source=source,
             jit_compile=jit_compile,
         )
+        predictor.run_dir = run_dir
+        return predictor
 
     @property
     def name(self) -> str:
@@ -482,6 +488,7 @@ class Predictor:
         return {
             "name": self.name,
             "source": self.source,
+            "run_dir": None if self.run_dir is None else os.fspath(self.run_dir),
             "image_size": self.image_size,
             "demo": bool(self.card.get("demo")) if self.card else None,
             "calibrated": any(t != 1.0 for t in self.calibration.temperatures),

@@ -101,7 +101,8 @@ def test_run_without_calibration_or_thresholds(tmp_path):
 
 def test_bare_keras_file_gets_defaults():
     bare = Predictor.load(model_file())
-    assert bare.card is None and bare.ood is None and bare.image_size == SIZE
+    assert bare.card is None and bare.ood is None and bare.run_dir is None
+    assert bare.image_size == SIZE
     p = bare.predict(photo(4))
     assert p.probabilities == p.raw_probabilities and p.thresholds == (0.5,) * NUM_CLASSES
 
@@ -109,6 +110,8 @@ def test_bare_keras_file_gets_defaults():
 def test_keras_file_inside_a_run_folder_uses_the_folder(run_dir):
     p = Predictor.load(run_dir / "model.keras")
     assert p.card is not None and p.thresholds.tolist() == list(THRESHOLDS)
+    assert p.run_dir == run_dir
+    assert Predictor.load(run_dir, sha256=sha256(run_dir / "model.keras")).run_dir == run_dir
 
 
 def test_missing_or_inconsistent_models_are_clear_errors(tmp_path, run_dir):
@@ -123,8 +126,9 @@ def test_missing_or_inconsistent_models_are_clear_errors(tmp_path, run_dir):
     (bad / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelNotFoundError, match="image_size 128"):
         Predictor.load(bad)
-    with pytest.raises(ModelNotFoundError, match="sha256"):
-        Predictor.load(run_dir / "model.keras", sha256="0" * 64)
+    for source in (run_dir, run_dir / "model.keras"):
+        with pytest.raises(ModelNotFoundError, match="sha256"):
+            Predictor.load(source, sha256="0" * 64)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -260,3 +264,4 @@ def test_url_of_a_zipped_run_folder(server, run_dir, tmp_path):
             zipped.write(path, f"test-run/{path.name}")
     p = Predictor.load(f"{server.url}/run.zip", sha256=sha256(archive), cache_dir=tmp_path)
     assert p.card["name"] == "test-run" and p.thresholds.tolist() == list(THRESHOLDS)
+    assert p.run_dir.is_relative_to(tmp_path) and (p.run_dir / "calibration.json").is_file()
