@@ -14,6 +14,7 @@ imported by :func:`fit_run` alone, which needs the model's features.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -295,12 +296,13 @@ def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False)) if n > limit else np.arange(n)
 
 
-def fit_run(run_dir: str | os.PathLike, config: OODConfig = OODConfig()) -> dict:
+def fit_run(run_dir: str | os.PathLike, config: OODConfig | None = None, **overrides) -> dict:
     """Fit the OOD model of a trained run, save ``ood.npz``, write metrics.json["ood"].
 
     Reads the training and validation splits of the dataset named in the run's
     ``model_card.json``. Returns the summary written to metrics.json: threshold,
     validation pass rate, AUROC of validation vs probes, share of probes flagged.
+    ``overrides`` replace fields of ``config``, e.g. ``fit_run(run, batch_size=16)``.
 
     Raises:
         ModelNotFoundError / DatasetError: no model, card or dataset where the card says.
@@ -310,6 +312,7 @@ def fit_run(run_dir: str | os.PathLike, config: OODConfig = OODConfig()) -> dict
     from scalpnet.evaluation import merge_json
     from scalpnet.inference import Predictor
 
+    config = dataclasses.replace(config or OODConfig(), **overrides)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     predictor = Predictor.load(run_dir, with_ood=False)
