@@ -18,9 +18,11 @@ used: the time does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     photos = [_photo_bytes(rng, width, height) for _ in range(max(args.batch, 4))]
     tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     t0 = time.perf_counter()
     path = save_model(build_model(args.size, weights=None), tmp / "model.keras")
     predictor = Predictor.load(path)

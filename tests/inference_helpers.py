@@ -8,6 +8,7 @@ per test process; each test copies the file into its own run folder.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -31,6 +32,7 @@ def model_file(size: int = SIZE) -> Path:
     from scalpnet.model import build_model, save_model
 
     folder = Path(tempfile.mkdtemp(prefix="scalpnet-test-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return save_model(build_model(image_size=size, weights=None), folder / "model.keras")
 
 
