@@ -401,6 +401,9 @@ def make_image(
     if h < 32 or w < 32:
         raise ValueError(f"size must be at least 32x32, got {size}")
     unit = min(h, w) / 48
+    # Two streams: the scene (skin, hair, placement, camera) does not depend on the
+    # condition, so two conditions drawn from equal generators differ only in the region.
+    rng, sign_rng = rng.spawn(2)
     hair_rgb = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
 
     if where is None:
@@ -423,10 +426,10 @@ def make_image(
         cy=cy - y0,
         radius=0.9 * scale * min(h, w) / 4,
         unit=unit,
-        angle=float(rng.uniform(0, 180)),
+        angle=float(sign_rng.uniform(0, 180)),
         hair_rgb=hair_rgb,
     )
-    _SIGNATURES[condition](region, rng)
+    _SIGNATURES[condition](region, sign_rng)
 
     hair_colour, hair_alpha = _hair(rng, h, w, unit, hair_rgb)
     alpha = hair_alpha.astype(np.float32) * (keep / 255)  # (h, w)
