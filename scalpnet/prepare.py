@@ -390,6 +390,16 @@ def output_name(item: Item) -> str:
     return f"{IMAGES_DIR}/{folder}/{stem}-{digest}.png"
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``, as a :class:`DatasetError` naming the folder when it cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot create the output folder '{folder}': {exc.strerror or exc}"
+        ) from None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, then rename: readers never see half a file."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -574,7 +584,7 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
         )
     found = discover(data)
     size, workers = config.image_size, config.workers or os.cpu_count() or 1
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     state_path = out / STATE_NAME
     old_state = _load_state(state_path, size)
 
@@ -588,7 +598,7 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
         else:
             jobs.append((item, name))
     for folder in {(out / name).parent for _, name in jobs}:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
 
     failed: dict[str, str] = {}
     last_save = [time.monotonic()]

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from scalpnet.labels import CONDITIONS, KEYS, NUM_CLASSES
-from scalpnet.prepare import split_counts
+from scalpnet.prepare import make_folder, split_counts
 
 SPLITS = ("train", "val", "test")
 # Image sides written by write_dataset (pixels), like the mixed sizes of real photos.
@@ -503,7 +503,7 @@ def write_dataset(
         number = 0
         for split, n in zip(SPLITS, split_counts(per_class, ratios), strict=True):
             folder = out / split / condition.english
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder)
             for _ in range(n):
                 jobs.append((folder / f"{condition.key}_{number + 1:04d}.jpg", index, seqs[number]))
                 number += 1
