@@ -18,12 +18,13 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
 import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,7 @@ _PATH_COLUMNS = (
 _RESERVED_COLUMNS = {"split", "source", "group"}
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
 _CHECKPOINT_SECONDS = 2.0
+EXECUTORS = ("auto", "threads", "processes")
 
 
 # --------------------------------------------------------------------------- config and results
@@ -90,6 +92,7 @@ class PrepareConfig:
     workers: int | None = None  # None: all cores
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     dedupe_threshold: float | None = None  # grouped split only; None: dedupe's default
+    executor: str = "auto"  # "auto" (= threads) | "threads" | "processes" (see executor_kind)
 
 
 @dataclass(frozen=True)
@@ -448,9 +451,27 @@ def _save_state(path: Path, size: int, entries: dict[str, list]) -> None:
     _write_atomic(path, json.dumps(state, separators=(",", ":")).encode())
 
 
-def _make_executor(workers: int) -> Executor:
-    # Pillow's decoder and OpenCV release the GIL, so threads overlap the real work
-    # without the start-up and pickling cost of processes (see benchmarks/bench_prepare.py).
+def process_chunk(jobs: list[tuple[str, str]], size: int) -> list[str | None]:
+    """:func:`process_image` over several (source, dest) pairs: one task, less overhead."""
+    return [process_image(source, dest, size) for source, dest in jobs]
+
+
+def executor_kind(config_kind: str) -> str:
+    """ "threads" (the default) or "processes".
+
+    Pillow's decoder, OpenCV and the file writes release the GIL, so threads overlap
+    the real work with no start-up cost, and they are safe in any process. Worker
+    processes are started with "spawn" (about a second of start-up for the imports):
+    forking a process whose OpenCV thread pool has run deadlocks the children in
+    ``cv2.setNumThreads``/``parallel_for`` (seen here), and a parent that has loaded
+    TensorFlow must not fork either. See benchmarks/bench_prepare.py for both.
+    """
+    return "processes" if config_kind == "processes" else "threads"
+
+
+def _make_executor(kind: str, workers: int) -> Executor:
+    if kind == "processes":
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
     return ThreadPoolExecutor(max_workers=workers)
 
 
@@ -459,6 +480,7 @@ def _process_all(
     out: Path,
     size: int,
     workers: int,
+    kind: str,
     progress: bool,
     on_done,
 ) -> None:
@@ -467,6 +489,8 @@ def _process_all(
 
     if not jobs:
         return
+    # Small chunks: few enough tasks to keep IPC cheap, enough to balance the workers.
+    chunk = max(1, min(16, len(jobs) // (8 * workers)))
     bar = tqdm(
         total=len(jobs),
         unit="img",
@@ -475,15 +499,16 @@ def _process_all(
         file=None,
         dynamic_ncols=True,
     )
-    with bar, _make_executor(workers) as pool:
-        futures = {
-            pool.submit(process_image, str(item.source), str(out / name), size): (item, name)
-            for item, name in jobs
-        }
+    with bar, _make_executor(kind, workers) as pool:
+        futures = {}
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            pairs = [(str(item.source), str(out / name)) for item, name in part]
+            futures[pool.submit(process_chunk, pairs, size)] = part
         for future in as_completed(futures):
-            item, name = futures[future]
-            on_done(item, name, future.result())
-            bar.update()
+            for (item, name), reason in zip(futures[future], future.result(), strict=True):
+                on_done(item, name, reason)
+            bar.update(len(futures[future]))
 
 
 # --------------------------------------------------------------------------- the whole stage
@@ -492,6 +517,10 @@ def _check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"split must be one of {', '.join(SPLIT_SCHEMES)}, got {config.split!r}")
     if not 16 <= config.image_size <= 4096:
         raise ConfigError(f"image size must be between 16 and 4096 pixels, got {config.image_size}")
+    if config.executor not in EXECUTORS:
+        raise ConfigError(
+            f"executor must be one of {', '.join(EXECUTORS)}, got {config.executor!r}"
+        )
     if config.workers is not None and config.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {config.workers}")
     split_counts(0, config.ratios)  # validates the ratios
@@ -612,7 +641,8 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
             _save_state(state_path, size, state)
             last_save[0] = time.monotonic()
 
-    _process_all(jobs, out, size, workers, progress, on_done)
+    kind = executor_kind(config.executor)
+    _process_all(jobs, out, size, workers, kind, progress, on_done)
     _save_state(state_path, size, state)
 
     skipped = list(found.skipped)
@@ -647,11 +677,11 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
         reused=len(kept_items) - (len(jobs) - len(failed)),
         elapsed=time.perf_counter() - start,
     )
-    _write_report(result, config, workers)
+    _write_report(result, config, workers, kind)
     return result
 
 
-def _write_report(result: PrepareResult, config: PrepareConfig, workers: int) -> None:
+def _write_report(result: PrepareResult, config: PrepareConfig, workers: int, kind: str) -> None:
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": str(Path(config.data).expanduser().resolve()),
@@ -669,6 +699,7 @@ def _write_report(result: PrepareResult, config: PrepareConfig, workers: int) ->
         "skipped_count": len(result.skipped),
         "skipped": [{"path": str(p), "reason": r} for p, r in result.skipped],
         "workers": workers,
+        "executor": kind,
         "elapsed_s": round(result.elapsed, 3),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }

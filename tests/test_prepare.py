@@ -354,7 +354,9 @@ def slow(*args):
     time.sleep(0.04)
     return original(*args)
 prepare.process_image = slow
-config = prepare.PrepareConfig(Path(sys.argv[1]), Path(sys.argv[2]), image_size=32, workers=1)
+config = prepare.PrepareConfig(
+    Path(sys.argv[1]), Path(sys.argv[2]), image_size=32, workers=1, executor="threads"
+)
 prepare.prepare_dataset(config, progress=False)
 """
 
@@ -457,7 +459,13 @@ def test_output_inside_the_dataset_is_refused(kaggle):
 
 @pytest.mark.parametrize(
     "change",
-    [{"split": "stratified"}, {"image_size": 8}, {"workers": 0}, {"ratios": (0.8, -0.1, 0.3)}],
+    [
+        {"split": "stratified"},
+        {"image_size": 8},
+        {"workers": 0},
+        {"ratios": (0.8, -0.1, 0.3)},
+        {"executor": "gpu"},
+    ],
 )
 def test_bad_settings_are_config_errors(kaggle, tmp_path, change):
     with pytest.raises(ConfigError):
@@ -532,3 +540,21 @@ def test_discover_is_usable_on_its_own(kaggle):
     buffer = io.StringIO()
     print(found.items[0].key, file=buffer)
     assert buffer.getvalue().startswith(("train/", "val/", "test/"))
+
+
+def test_worker_processes_write_the_same_files_as_threads(kaggle, tmp_path):
+    threads = run(kaggle, tmp_path / "t", executor="threads", workers=2)
+    processes = run(kaggle, tmp_path / "p", executor="processes", workers=2)
+    assert processes.processed == threads.processed == 100
+    assert threads.csv_path.read_text().replace(str(tmp_path / "t"), "") == (
+        processes.csv_path.read_text().replace(str(tmp_path / "p"), "")
+    )
+    a, b = fingerprint(tmp_path / "t" / "images"), fingerprint(tmp_path / "p" / "images")
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
+    assert json.loads(processes.report_path.read_text())["executor"] == "processes"
+
+
+def test_executor_choice():
+    assert prepare.executor_kind("auto") == "threads"
+    assert prepare.executor_kind("threads") == "threads"
+    assert prepare.executor_kind("processes") == "processes"

@@ -1,0 +1,129 @@
+"""Dataset preparation: the original project's way vs ``scalpnet prepare``.
+
+On the same N synthetic JPEGs (default 1,000 of 640x480, 100 per condition):
+
+(a) original: PIL open -> resize to 256 -> cv2.medianBlur -> float32/255, one image
+    after another in one process, arrays kept in RAM (nothing written);
+(b) ``prepare_dataset`` end to end: discovery, decode, resize, blur, PNG files,
+    labels.csv and the report, in parallel over all cores (a fresh output each time).
+
+Extra rows show where the time goes: (b) with one worker, (b) with spawned worker
+processes instead of threads, and a rerun on an up-to-date output. Each method runs
+``--repeats`` times, interleaved, and the best run counts (the machine may be shared).
+
+    python benchmarks/bench_prepare.py [--n 1000] [--repeats 3] [--data DIR] [--photo 640x480]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from scalpnet import prepare, synthetic
+from scalpnet.labels import CONDITIONS, NUM_CLASSES
+
+SIZE = 256
+
+
+def make_jpegs(folder: Path, n: int, width: int = 640, height: int = 480) -> list[Path]:
+    """N synthetic JPEGs in class folders (``folder/<Class>/<key>_NNNN.jpg``), kept if present."""
+    paths = []
+    for i in range(n):
+        condition = CONDITIONS[i % NUM_CLASSES]
+        path = folder / condition.english / f"{condition.key}_{i:04d}.jpg"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(i)
+            rgb = synthetic.make_image(i % NUM_CLASSES, rng, (height, width))
+            Image.fromarray(rgb).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def original_way(paths: list[Path]) -> list[np.ndarray]:
+    """The original project: PIL open -> resize -> median blur -> float32 / 255, in memory."""
+    arrays = []
+    for path in paths:
+        image = Image.open(path).convert("RGB").resize((SIZE, SIZE))
+        arrays.append(cv2.medianBlur(np.array(image), 3).astype(np.float32) / 255.0)
+    return arrays
+
+
+def ours(
+    data: Path, scratch: Path, workers: int | None = None, executor: str = "auto"
+) -> prepare.PrepareResult:
+    """``prepare_dataset`` end to end into a fresh output folder (deleted afterwards)."""
+    out = scratch / f"out-{time.perf_counter_ns()}"
+    config = prepare.PrepareConfig(
+        data=data, out=out, image_size=SIZE, workers=workers, executor=executor
+    )
+    try:
+        return prepare.prepare_dataset(config, progress=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="number of JPEGs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", type=Path, help="keep the JPEGs here (reused between runs)")
+    parser.add_argument("--photo", default="640x480", help="JPEG size WIDTHxHEIGHT")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.photo.lower().split("x"))
+
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+        scratch = Path(tmp)
+        data = args.data or scratch / "jpegs"
+        start = time.perf_counter()
+        paths = make_jpegs(data, args.n, width, height)
+        print(
+            f"{len(paths)} synthetic {width}x{height} JPEGs in {data} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        print(f"cores: {os.cpu_count()}, cv2 threads: {cv2.getNumThreads()}")
+
+        up_to_date = scratch / "warm"
+        prepare.prepare_dataset(prepare.PrepareConfig(data, up_to_date, SIZE), progress=False)
+        methods: dict[str, Callable[[], object]] = {
+            "original (sequential, in RAM)": lambda: original_way(paths),
+            "scalpnet prepare (threads, default)": lambda: ours(data, scratch),
+            "scalpnet prepare, 1 worker": lambda: ours(data, scratch, workers=1),
+            "scalpnet prepare, spawned processes": lambda: ours(
+                data, scratch, executor="processes"
+            ),
+            "scalpnet prepare, rerun (up to date)": lambda: prepare.prepare_dataset(
+                prepare.PrepareConfig(data, up_to_date, SIZE), progress=False
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name, run in methods.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+
+    base = len(paths) / min(times["original (sequential, in RAM)"])
+    print(f"\n{'method':<40}{'best img/s':>12}{'median img/s':>14}{'vs original':>13}")
+    for name, seconds in times.items():
+        best = len(paths) / min(seconds)
+        median = len(paths) / statistics.median(seconds)
+        print(f"{name:<40}{best:>12.0f}{median:>14.0f}{best / base:>12.2f}x")
+    ratio = (len(paths) / min(times["scalpnet prepare (threads, default)"])) / base
+    print(f"\nscalpnet prepare vs the original: {ratio:.2f}x (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
