@@ -9,6 +9,7 @@ model to load, the chart, the reports) from ``scalpnet.app_state``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import streamlit as st
@@ -24,6 +25,32 @@ MAX_REMEMBERED_IMAGES = 16  # per session: predictions of the latest images
 
 
 # --------------------------------------------------------------------------- resources
+def keep_tensorflow_warm_between_reruns() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every rerun.
+
+    Streamlit's script runner resets Keras after each script run (its private
+    ``_clean_problem_modules``), which empties TensorFlow's kernel cache: the next
+    forward pass then rebuilds every kernel, about a second on a CPU instead of tens of
+    milliseconds, on every upload. This app builds no model per rerun (the Predictor
+    lives in ``st.cache_resource``), so that reset has nothing to clean up here. The
+    other thing the function does, closing matplotlib figures, is kept. Idempotent;
+    does nothing if a future Streamlit renames the function.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if not callable(current) or getattr(current, "keeps_keras", False):
+        return
+
+    def clean_problem_modules_but_keras() -> None:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close("all")
+
+    clean_problem_modules_but_keras.keeps_keras = True
+    script_runner._clean_problem_modules = clean_problem_modules_but_keras
+
+
 @st.cache_resource(show_spinner=False)
 def load_predictor(location: str, sha256: str | None):
     """One Predictor per process, shared by all sessions (TensorFlow is imported here)."""
@@ -75,7 +102,7 @@ def show_model(predictor, origin: str, language: str) -> None:
     demo = card.get("demo")
     lines = [
         f"**{t['model_name']}:** {predictor.name}",
-        f"**{t['model_created']}:** {card.get('created', '–')}",
+        f"**{t['model_created']}:** {app_state.short_time(card.get('created'))}",
         f"**{t['model_data']}:** "
         + (t["model_demo"] if demo else t["model_real"] if demo is not None else "–"),
         f"**{t['model_image_size']}:** {predictor.image_size}×{predictor.image_size}",
@@ -221,8 +248,8 @@ def show_explanation(prediction, settings, language: str, t) -> app_state.Explan
 def show_downloads(report: dict, t) -> None:
     st.subheader(t["downloads_header"])
     stem = f"scalpnet-{(report['image']['sha256'] or 'result')[:12]}"
-    left, right = st.columns(2)
-    left.download_button(
+    row = st.container(horizontal=True)
+    row.download_button(
         t["download_json"],
         app_state.report_json(report),
         file_name=f"{stem}.json",
@@ -230,7 +257,7 @@ def show_downloads(report: dict, t) -> None:
         on_click="ignore",
         key="download_json",
     )
-    right.download_button(
+    row.download_button(
         t["download_md"],
         app_state.report_markdown(report),
         file_name=f"{stem}.md",
@@ -277,6 +304,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
 # --------------------------------------------------------------------------- the page
 def main() -> None:
     st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
+    keep_tensorflow_warm_between_reruns()
     language = choose_language()
     t = text(language)
     settings, secrets_error = read_settings()

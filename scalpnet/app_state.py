@@ -174,6 +174,19 @@ def read_metrics(location: str | os.PathLike) -> dict | None:
     return metrics if isinstance(metrics, dict) else None
 
 
+def short_time(iso: str | None) -> str:
+    """'2026-11-23T21:32:29+00:00' -> '2026-11-23 21:32 UTC'; anything unparsable as given."""
+    if not iso:
+        return "–"
+    try:
+        moment = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    if moment.tzinfo is not None:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
 def _dig(data: Mapping, *keys: str):
     for key in keys:
         if not isinstance(data, Mapping) or key not in data:

@@ -7,22 +7,18 @@ check it draws exactly that.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from scalpnet.labels import CONDITIONS, KEYS
 from scalpnet.ui_text import text
-
-pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest
+from tests.app_fixtures import jpeg, write_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-SIZE = 64
 TIMEOUT = 180  # the first run imports TensorFlow and loads the model
 EN, KO = text("en"), text("ko")
 KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -40,51 +36,6 @@ APP_VARS = (
 
 
 # --------------------------------------------------------------------------- fixtures
-def write_run(folder: Path, model_file: Path | None = None, ood_threshold: float = 1e12) -> Path:
-    """A complete run folder: model (built, or linked), card, thresholds, calibration, OOD."""
-    from scalpnet.ood import OODModel
-
-    folder.mkdir(parents=True)
-    if model_file is None:
-        import keras
-
-        from scalpnet.model import build_model, save_model
-
-        keras.utils.set_random_seed(7)
-        save_model(build_model(image_size=SIZE, weights=None), folder / "model.keras")
-    else:
-        (folder / "model.keras").symlink_to(model_file)
-    card = {
-        "name": folder.name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "demo": True,
-        "image_size": SIZE,
-        "labels": [{"key": c.key, "english": c.english, "korean": c.korean} for c in CONDITIONS],
-        "weights": "none",
-    }
-    (folder / "model_card.json").write_text(json.dumps(card))
-    thresholds = {k: 0.3 + 0.04 * i for i, k in enumerate(KEYS)}
-    (folder / "thresholds.json").write_text(json.dumps({"thresholds": thresholds}))
-    temperatures = {k: 0.5 + 0.15 * i for i, k in enumerate(KEYS)}
-    calibration = {"method": "temperature", "fitted_on": "val", "temperature": temperatures}
-    (folder / "calibration.json").write_text(json.dumps(calibration))
-    # A trivial OOD model: distance to the origin, with the threshold chosen by the test.
-    OODModel(
-        means=np.zeros((1, 2048), np.float32),
-        whitener=np.eye(2048, dtype=np.float32),
-        classes=np.array([0]),
-        threshold=ood_threshold,
-    ).save(folder / "ood.npz")
-    metrics = {
-        "split": "test",
-        "split_scheme": "grouped",
-        "n_images": {"test": 30},
-        "at_tuned": {"top1_accuracy": 0.5, "macro": {"f1": 0.25}},
-    }
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def app_run(tmp_path_factory) -> Path:
     return write_run(tmp_path_factory.mktemp("app") / "runs" / "r64")
@@ -105,14 +56,6 @@ def env(monkeypatch, app_run):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SCALPNET_RUN", str(app_run))
     return monkeypatch
-
-
-def jpeg(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +267,19 @@ def test_prediction_is_not_recomputed_on_widget_changes(env, synthetic_jpeg, mon
     at.toggle(key="gradcam").set_value(True).run()
     assert_no_error(at)
     assert len(calls) == 1
+
+
+def test_reruns_do_not_reset_keras(env, synthetic_jpeg, monkeypatch):
+    """Streamlit would call keras.backend.clear_session() after every run, emptying
+    TensorFlow's kernel cache and slowing the next prediction by about a second."""
+    import keras
+
+    calls = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: calls.append(1))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    at.radio(key="language").set_value("ko").run()
+    assert_no_error(at)
+    assert calls == []
 
 
 def test_gradcam_overlay(env, synthetic_jpeg):

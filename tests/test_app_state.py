@@ -274,3 +274,10 @@ def test_report_markdown_in_korean_marks_the_offline_fact_sheet():
     table = [line for line in page.splitlines() if line.startswith("| ")][1:]
     assert len(table) == 10
     assert table[0].startswith(f"| {CONDITIONS[2].korean} | 80.0% | 60.0% | ✔")
+
+
+def test_short_time():
+    assert app_state.short_time("2026-11-23T21:32:29+09:00") == "2026-11-23 12:32 UTC"
+    assert app_state.short_time("2026-11-23T21:32:29") == "2026-11-23 21:32"
+    assert app_state.short_time("yesterday") == "yesterday"
+    assert app_state.short_time(None) == "–"

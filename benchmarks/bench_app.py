@@ -1,0 +1,321 @@
+"""The Streamlit app in a real browser: cold start, upload-to-bars time, peak memory.
+
+    python benchmarks/bench_app.py [--image-size 256] [--uploads 5]
+
+Builds an untrained run folder at ``--image-size`` (the weights' values do not change
+speed or memory), starts ``streamlit run streamlit_app.py`` on 127.0.0.1, and drives
+Debian's Chromium (``/usr/bin/chromium``) with playwright:
+
+- cold start: process spawn -> health endpoint answers, and -> the first page is drawn
+  with the model loaded (the model loads on the first visit, inside st.cache_resource);
+- upload to bars: file input set -> the probability chart is drawn, one new browser
+  session and a new photo each time, with the model warm;
+- peak RSS of the app process and its children (sampled with psutil every 50 ms, and
+  the kernel's high-water mark VmHWM of the main process).
+
+Baselines, measured in the same run on the same photos:
+
+- a minimal Streamlit app (upload -> st.image + a 10-bar Vega-Lite chart, no model): what
+  Streamlit and the browser cost by themselves;
+- a bare Python process that imports the same code, loads the same Predictor and predicts
+  the photos (no Streamlit, no browser): what the model costs by itself.
+
+Community Cloud gives an app 690 MB - 2.7 GB of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scalpnet.ui_text import text  # noqa: E402
+from tests.app_fixtures import jpeg, write_run  # noqa: E402
+from tests.fake_gemini import free_port  # noqa: E402
+
+CHROMIUM = os.environ.get("SCALPNET_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TITLE = text("en")["title"]
+TIMEOUT_MS = 300_000
+
+# The baseline: the same imports, Predictor and photos, without Streamlit. Prints JSON.
+BASELINE = r"""
+import json, resource, sys, time
+started = time.perf_counter()
+from scalpnet.inference import Predictor
+predictor = Predictor.load(sys.argv[1])
+loaded = time.perf_counter() - started
+times = []
+for path in sys.argv[2:]:
+    data = open(path, "rb").read()
+    t = time.perf_counter()
+    predictor.predict(data)
+    times.append((time.perf_counter() - t) * 1e3)
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"load_s": loaded, "predict_ms": times, "peak_mb": peak_mb}))
+"""
+
+
+def app_env(run: Path) -> dict[str, str]:
+    """The environment of both processes: the bench run, no Gemini key, quiet TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
+    env.pop("GOOGLE_API_KEY", None)
+    env.update(SCALPNET_RUN=str(run), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return env
+
+
+def baseline(run: Path, photos: list[Path]) -> dict:
+    """Bare process: spawn -> Predictor loaded, per-photo predict latency, peak RSS."""
+    spawned = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", BASELINE, str(run), *map(str, photos)],
+        env=app_env(run), cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["spawn_to_loaded_s"] = time.perf_counter() - spawned
+    return result
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of a process and all its children until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, every_s: float = 0.05):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.every_s = every_s
+        self.peak = 0
+        self.last = 0
+        self._halt = threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self._halt.is_set():
+            try:
+                procs = [self.process, *self.process.children(recursive=True)]
+                total = 0
+                for proc in procs:
+                    with contextlib.suppress(psutil.Error):  # a child may just have exited
+                        total += proc.memory_info().rss
+                self.last = total
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            self._halt.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """The kernel's peak resident set size of one process (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("streamlit did not become healthy")
+
+
+def open_app(browser, url: str):
+    """A new browser session on the app, once the page (with the model) is drawn."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(url)
+    page.get_by_text(TITLE).wait_for(timeout=TIMEOUT_MS)
+    return page
+
+
+def upload_to_bars(page, photo: Path) -> float:
+    """Seconds from setting the file input to the chart being drawn."""
+    started = time.perf_counter()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+    chart = page.locator('[data-testid="stVegaLiteChart"]')
+    chart.locator("canvas, svg").first.wait_for(timeout=TIMEOUT_MS)
+    return time.perf_counter() - started
+
+
+# The minimal Streamlit baseline: same title (the page-ready signal), uploader and chart.
+MINIMAL_APP = f"""
+import streamlit as st
+st.title({TITLE!r})
+upload = st.file_uploader("photo", type=["jpg", "jpeg", "png"], key="upload")
+if upload is not None:
+    st.image(upload.getvalue())
+    rows = [{{"condition": str(i), "probability": i / 10}} for i in range(10)]
+    st.vega_lite_chart(spec={{"data": {{"values": rows}}, "mark": "bar", "encoding": {{
+        "y": {{"field": "condition", "type": "nominal"}},
+        "x": {{"field": "probability", "type": "quantitative"}}}}}})
+"""
+
+
+def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
+    """Cold start, upload-to-chart times and memory of ``streamlit run script``."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with open(log, "wb") as out:
+            spawned = time.perf_counter()
+            process = subprocess.Popen(
+                command, cwd=REPO, env=app_env(run), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        sampler = RssSampler(process.pid)
+        sampler.start()
+        try:
+            wait_healthy(url, process)
+            healthy_s = time.perf_counter() - spawned
+            page = open_app(browser, url)
+            first_render_s = time.perf_counter() - spawned
+            idle_mb = sampler.last / 2**20
+            page.close()
+            uploads = []
+            for photo in photos:
+                page = open_app(browser, url)
+                uploads.append(upload_to_bars(page, photo))
+                page.close()
+            hwm = vm_hwm_mb(process.pid)
+            final_mb = sampler.last / 2**20
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            sampler.stop()
+            browser.close()
+    return {
+        "healthy_s": healthy_s,
+        "first_render_s": first_render_s,
+        "upload_s": uploads,
+        "peak_mb": sampler.peak / 2**20,
+        "vm_hwm_mb": hwm,
+        "after_load_mb": idle_mb,
+        "final_mb": final_mb,
+    }
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """Different synthetic 480x640 JPEGs, so no upload hits a cache."""
+    from scalpnet.synthetic import make_image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo_{i}.jpg"
+        path.write_bytes(jpeg(make_image(i % 10, rng, size=(480, 640))))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--uploads", type=int, default=5, help="photos uploaded, one per session")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).is_file():
+        sys.exit(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SCALPNET_CHROMIUM)")
+
+    with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
+        folder = Path(tmp)
+        print(f"building an untrained {args.image_size}-px run folder ...", flush=True)
+        run = write_run(folder / "runs" / f"bench-{args.image_size}", image_size=args.image_size)
+        photos = make_photos(folder, args.uploads)
+        print("baseline: bare Predictor process ...", flush=True)
+        base = baseline(run, photos)
+        print("baseline: minimal Streamlit app + Chromium ...", flush=True)
+        minimal_script = folder / "minimal_app.py"
+        minimal_script.write_text(MINIMAL_APP)
+        minimal = bench_app(minimal_script, run, photos, folder / "minimal.log")
+        print("ScalpNet app: streamlit + Chromium ...", flush=True)
+        app = bench_app(REPO / "streamlit_app.py", run, photos, folder / "streamlit.log")
+
+    def med(values: list[float]) -> float:  # the first upload of a process warms caches
+        return statistics.median(values[1:] or values)
+
+    ours_ms, minimal_ms = med(app["upload_s"]) * 1e3, med(minimal["upload_s"]) * 1e3
+    predict_ms = med(base["predict_ms"])
+    rows = [
+        ("cold start -> health endpoint (s)", app["healthy_s"], minimal["healthy_s"], None),
+        ("cold start -> first page drawn (s)", app["first_render_s"],
+         minimal["first_render_s"], base["spawn_to_loaded_s"]),
+        ("upload -> bars drawn, median (ms)", ours_ms, minimal_ms, predict_ms),
+        ("peak RSS, process + children (MiB)", app["peak_mb"], minimal["peak_mb"],
+         base["peak_mb"]),
+        ("VmHWM, main process (MiB)", app["vm_hwm_mb"], minimal["vm_hwm_mb"], None),
+        ("RSS after first page (MiB)", app["after_load_mb"], minimal["after_load_mb"], None),
+        ("RSS at the end (MiB)", app["final_mb"], minimal["final_mb"], None),
+    ]  # fmt: skip
+    cpus = os.cpu_count()
+    print(f"\nScalpNet app at {args.image_size} px, {args.uploads} uploads, {cpus} CPUs")
+    print("baselines: a minimal Streamlit upload+chart app; a bare process with the Predictor")
+    print("(cold start of the bare process = spawn -> Predictor loaded; its 'upload' = predict)")
+    header = ("measure", "ScalpNet app", "minimal app", "ratio", "bare model", "ratio")
+    width = max(len(r[0]) for r in rows)
+    print(f"{header[0]:<{width}} {header[1]:>13} {header[2]:>12} {header[3]:>6} "
+          f"{header[4]:>11} {header[5]:>6}")  # fmt: skip
+
+    def cell(value, size):
+        return f"{value:>{size}.1f}" if value is not None else " " * (size - 1) + "-"
+
+    def ratio(ours, theirs):
+        return f"{ours / theirs:>5.2f}x" if theirs else "     -"
+
+    for name, ours, minimal_value, bare in rows:
+        print(f"{name:<{width}} {cell(ours, 13)} {cell(minimal_value, 12)} "
+              f"{ratio(ours, minimal_value)} {cell(bare, 11)} {ratio(ours, bare)}")  # fmt: skip
+    print(f"\nScalpNet uploads (s): {', '.join(f'{v:.2f}' for v in app['upload_s'])}")
+    print(f"minimal uploads (s): {', '.join(f'{v:.2f}' for v in minimal['upload_s'])}")
+    print(f"bare predicts (ms): {', '.join(f'{v:.0f}' for v in base['predict_ms'])}")
+    share = app["peak_mb"] / 2575
+    print(f"Community Cloud limit 2.7 GB = 2575 MiB; the app's peak uses {share:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The app in a real browser: ``streamlit run`` on 127.0.0.1 driven by Debian's Chromium.
+
+``playwright install`` cannot download browsers here, so the ``playwright`` package drives
+the system's ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get). Without it the
+tests skip and say why. Gemini is the local fake server, so the explanation streams.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalpnet.ui_text import text
+from tests.app_fixtures import jpeg, write_run
+from tests.fake_gemini import FakeGemini, free_port, text_stream
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("SCALPNET_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EN = text("en")
+EXPLANATION = ("The model ", "leans towards ", "lichen planus, ", "but this is not a diagnosis.")
+START_TIMEOUT_S = 180  # streamlit start-up + TensorFlow import + model load on a busy CPU
+STEP_TIMEOUT_MS = 120_000
+
+
+def _chromium() -> Path:
+    if not CHROMIUM.is_file():
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: install Debian's 'chromium' package "
+            "(apt-get install chromium) or set SCALPNET_CHROMIUM"
+        )
+    pytest.importorskip("playwright.sync_api", reason="the 'playwright' package is not installed")
+    return CHROMIUM
+
+
+def start_app(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``streamlit run streamlit_app.py`` in its own process group, output into ``log``."""
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Poll Streamlit's health endpoint until it answers 'ok'."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit did not start in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=8)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_gemini():
+    events = text_stream(list(EXPLANATION), event_delay=0.05)
+    with FakeGemini(api_key="browser-test-key", default=events) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, fake_gemini):
+    """A running app on a test run folder, with the fake Gemini; killed afterwards."""
+    _chromium()
+    folder = tmp_path_factory.mktemp("browser")
+    run = write_run(folder / "runs" / "browser-run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
+    env.pop("GOOGLE_API_KEY", None)
+    env.update(
+        SCALPNET_RUN=str(run),
+        GEMINI_API_KEY="browser-test-key",
+        GEMINI_BASE_URL=fake_gemini.base_url,
+        GEMINI_API_VERSION=fake_gemini.api_version,
+        GEMINI_TIMEOUT_S="20",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = folder / "streamlit.log"
+    process = start_app(port, env, log)
+    try:
+        wait_healthy(process, url, log, START_TIMEOUT_S)
+        yield url
+    finally:
+        stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    from scalpnet.synthetic import make_image
+
+    path = tmp_path_factory.mktemp("photo") / "scalp.jpg"
+    path.write_bytes(jpeg(make_image(4, np.random.default_rng(11), size=(480, 640))))
+    return path
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(_chromium()), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 2000})
+        finally:
+            browser.close()
+
+
+def error_elements(page) -> list[str]:
+    """Texts of exception boxes and st.error alerts on the page."""
+    found = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+    return [found.nth(i).inner_text() for i in range(found.count())]
+
+
+def test_upload_shows_bars_and_streamed_explanation(app_url, photo, page, tmp_path):
+    page.goto(app_url)
+    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)  # model loaded
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+
+    chart = page.locator('[data-testid="stVegaLiteChart"]')
+    chart.locator("canvas, svg").first.wait_for(timeout=STEP_TIMEOUT_MS)
+    page.get_by_text("".join(EXPLANATION).strip()).wait_for(timeout=STEP_TIMEOUT_MS)
+    page.get_by_text(EN["source_gemini"]).wait_for(timeout=STEP_TIMEOUT_MS)
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=STEP_TIMEOUT_MS)
+    box = chart.bounding_box()
+    assert box is not None and box["height"] > 150, box  # ten bars, not an empty frame
+    assert page.get_by_text(EN["download_json"]).is_visible()
+
+    screenshot = tmp_path / "app.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    if os.environ.get("SCALPNET_SCREENSHOT_DIR"):  # keep a copy to look at
+        shutil.copy(screenshot, Path(os.environ["SCALPNET_SCREENSHOT_DIR"]) / "app.png")
+    assert error_elements(page) == []
+
+
+def test_not_an_image_gives_one_message_then_a_photo_works(app_url, photo, page, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"plain text, not a JPEG")
+    page.goto(app_url)
+    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)
+    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    uploader.set_input_files(str(bad))
+    alert = page.locator('[data-testid="stAlertContentError"]')
+    alert.wait_for(timeout=STEP_TIMEOUT_MS)
+    assert alert.count() == 1 and "could not be used as a photo" in alert.inner_text()
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    uploader.set_input_files(str(photo))
+    chart = page.locator('[data-testid="stVegaLiteChart"]')
+    chart.locator("canvas, svg").first.wait_for(timeout=STEP_TIMEOUT_MS)
+    page.locator('[data-testid="stAlertContentError"]').wait_for(
+        state="detached", timeout=STEP_TIMEOUT_MS
+    )
+    assert error_elements(page) == []
