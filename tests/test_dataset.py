@@ -1,0 +1,186 @@
+"""The tf.data input pipeline: shapes, dtypes, label order, augmentation, seeds, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from scalpnet import dataset  # noqa: E402
+from scalpnet.errors import DatasetError  # noqa: E402
+from scalpnet.labels import KEYS, NUM_CLASSES  # noqa: E402
+
+SIZE = 32
+
+
+def write_images(root: Path, per_class: int = 4, size: int = SIZE, ext: str = ".png") -> Path:
+    """A labels.csv with random images: per class 2 train, 1 val, 1 test (repeating).
+
+    Columns are written in reverse label order, so readers must select them by name.
+    Image i of class c has pixel (0, 0) = (c, i, 7): tests can tell images apart.
+    """
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c, key in enumerate(KEYS):
+        for i in range(per_class):
+            rgb = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            rgb[0, 0] = (c, i, 7)
+            rel = f"images/{key}_{i}{ext}"
+            cv2.imwrite(str(root / rel), rgb[:, :, ::-1])
+            split = ("train", "train", "val", "test")[i % 4]
+            rows.append(
+                {"path": rel, "split": split, "source": rel, **{k: int(k == key) for k in KEYS}}
+            )
+    table = pd.DataFrame(rows)[["path", "split", "source", *reversed(KEYS)]]
+    table.to_csv(root / "labels.csv", index=False)
+    return root / "labels.csv"
+
+
+@pytest.fixture
+def csv_path(tmp_path) -> Path:
+    return write_images(tmp_path)
+
+
+def stored(path: str) -> np.ndarray:
+    return cv2.imread(path, cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def collect(ds) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_batches_have_the_documented_shapes_and_dtypes(csv_path):
+    ds = dataset.make_dataset(csv_path, "train", image_size=SIZE, batch_size=8, training=True)
+    assert ds.element_spec[0].shape.as_list() == [None, SIZE, SIZE, 3]
+    assert ds.element_spec[0].dtype == tf.uint8
+    assert ds.element_spec[1].shape.as_list() == [None, NUM_CLASSES]
+    assert ds.element_spec[1].dtype == tf.float32
+    sizes = [int(x.shape[0]) for x, _ in ds]
+    assert sizes == [8, 8, 4]  # 20 training images, the last batch partial
+
+
+def test_eval_split_is_the_stored_pixels_in_csv_order_with_labels_in_label_order(csv_path):
+    rows = dataset.read_split(csv_path, "val")
+    images, labels = collect(dataset.make_dataset(csv_path, "val", image_size=SIZE, batch_size=3))
+    assert len(images) == len(rows) == NUM_CLASSES
+    for i, path in enumerate(rows["path"]):
+        assert Path(path).is_absolute()
+        np.testing.assert_array_equal(images[i], stored(path))
+    # The CSV's columns were reversed; the labels still follow labels.KEYS.
+    np.testing.assert_array_equal(labels, np.eye(NUM_CLASSES, dtype=np.float32))
+    np.testing.assert_array_equal(dataset.label_matrix(rows), labels)
+
+
+def test_multi_label_rows_and_jpeg_files_are_read(tmp_path):
+    csv_path = write_images(tmp_path, ext=".jpg")
+    table = pd.read_csv(csv_path)
+    table.loc[table["split"] == "test", ["psoriasis", "head_lice"]] = 1
+    table.to_csv(csv_path, index=False)
+    images, labels = collect(dataset.make_dataset(csv_path, "test", image_size=SIZE))
+    assert images.dtype == np.uint8 and images.shape == (NUM_CLASSES, SIZE, SIZE, 3)
+    assert (labels.sum(axis=1) >= 2).all()
+    assert labels[:, KEYS.index("psoriasis")].all() and labels[:, KEYS.index("head_lice")].all()
+
+
+def test_augmentation_only_when_training(csv_path):
+    rows = dataset.read_split(csv_path, "train")
+    originals = {tuple(stored(p)[0, 0]): stored(p) for p in rows["path"]}
+    plain, _ = collect(
+        dataset.make_dataset(csv_path, "train", image_size=SIZE, training=True, augment=None)
+    )
+    # Shuffled, but every image is exactly a stored one.
+    assert sorted(tuple(x[0, 0]) for x in plain) == sorted(originals)
+    assert all(np.array_equal(x, originals[tuple(x[0, 0])]) for x in plain)
+
+    augmented, _ = collect(dataset.make_dataset(csv_path, "train", image_size=SIZE, training=True))
+    assert augmented.dtype == np.uint8
+    stored_set = {x.tobytes() for x in originals.values()}
+    changed = sum(x.tobytes() not in stored_set for x in augmented)
+    assert changed >= len(augmented) - 2  # contrast and brightness alone change nearly all
+
+    evaluated, _ = collect(dataset.make_dataset(csv_path, "val", image_size=SIZE, training=False))
+    val_rows = dataset.read_split(csv_path, "val")
+    assert all(
+        np.array_equal(x, stored(p)) for x, p in zip(evaluated, val_rows["path"], strict=True)
+    )
+
+
+def test_same_seed_same_batches_other_seed_other_batches_new_order_each_epoch(csv_path):
+    def run(seed):
+        ds = dataset.make_dataset(
+            csv_path, "train", image_size=SIZE, batch_size=8, training=True, seed=seed
+        )
+        return [collect(ds) for _ in range(2)]  # two epochs
+
+    first, again, other = run(1), run(1), run(2)
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0], other[0][0])
+    assert not np.array_equal(first[0][1], first[1][1])  # reshuffled each epoch
+
+
+def test_cache_gives_the_same_images(csv_path, tmp_path):
+    plain, _ = collect(dataset.make_dataset(csv_path, "val", image_size=SIZE))
+    ds = dataset.make_dataset(csv_path, "val", image_size=SIZE, cache=True)
+    np.testing.assert_array_equal(collect(ds)[0], plain)
+    np.testing.assert_array_equal(collect(ds)[0], plain)
+    ds = dataset.make_dataset(
+        csv_path, "train", image_size=SIZE, training=True, cache=tmp_path / "c"
+    )
+    assert collect(ds)[0].shape == (2 * NUM_CLASSES, SIZE, SIZE, 3)
+
+
+def test_missing_files_are_listed_up_front(csv_path):
+    rows = dataset.read_split(csv_path, "train")
+    for path in rows["path"][:7]:
+        Path(path).unlink()
+    with pytest.raises(DatasetError) as err:
+        dataset.make_dataset(csv_path, "train", image_size=SIZE)
+    message = str(err.value)
+    assert "7 of 20 images" in message and "and 2 more" in message
+    assert Path(rows["path"][0]).name in message
+    assert "prepare" in message
+    dataset.read_split(csv_path, "val")  # other splits are untouched
+
+
+def test_wrong_image_size_is_refused_with_the_fix(csv_path):
+    with pytest.raises(DatasetError, match="--image-size 48"):
+        dataset.make_dataset(csv_path, "train", image_size=48)
+
+
+def test_a_wrong_sized_image_later_in_the_split_fails_in_the_graph(csv_path):
+    rows = dataset.read_split(csv_path, "val")
+    last = rows["path"].iloc[-1]
+    cv2.imwrite(last, np.zeros((SIZE + 4, SIZE, 3), np.uint8))
+    ds = dataset.make_dataset(csv_path, "val", image_size=SIZE, batch_size=4)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        collect(ds)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop(columns=["psoriasis"]), "psoriasis"),
+        (lambda t: t.assign(split="train"), "no rows for split 'val'"),
+        (lambda t: t.assign(folliculitis=2), "only 0 or 1"),
+    ],
+)
+def test_malformed_csv_is_refused(csv_path, change, message):
+    change(pd.read_csv(csv_path)).to_csv(csv_path, index=False)
+    with pytest.raises(DatasetError, match=message):
+        dataset.read_split(csv_path, "val")
+
+
+def test_missing_csv_and_unknown_split(tmp_path, csv_path):
+    with pytest.raises(DatasetError, match="prepare"):
+        dataset.read_split(tmp_path / "nope.csv", "train")
+    with pytest.raises(DatasetError, match="unknown split"):
+        dataset.read_split(csv_path, "validation")
