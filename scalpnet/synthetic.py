@@ -82,8 +82,27 @@ def _mask(shape: tuple[int, int]) -> np.ndarray:
 
 def _paint(target: np.ndarray, mask: np.ndarray, colour, opacity: float = 1.0) -> None:
     """Blend ``colour`` (RGB triple or (h, w, 3) array) into ``target`` where ``mask`` is set."""
-    alpha = mask.astype(np.float32) * (opacity / 255.0)  # (h, w)
-    target += (np.asarray(colour, dtype=np.float32) - target) * alpha[:, :, None]
+    x, y, w, h = cv2.boundingRect(mask)  # only the part that changes
+    if w == 0 or h == 0:
+        return
+    box = np.s_[y : y + h, x : x + w]
+    colour = np.asarray(colour, dtype=np.float32)
+    if colour.ndim == 3:
+        colour = colour[box]
+    alpha = mask[box].astype(np.float32) * (opacity / 255.0)  # (h, w)
+    target[box] += (colour - target[box]) * alpha[:, :, None]
+
+
+def _soften(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; a wide one runs at reduced resolution (the same look, many times faster)."""
+    if sigma <= 3:
+        return cv2.GaussianBlur(image, (0, 0), sigma)
+    h, w = image.shape[:2]
+    factor = sigma / 2
+    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))),
+                       interpolation=cv2.INTER_AREA)  # fmt: skip
+    small = cv2.GaussianBlur(small, (0, 0), 2)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _pt(x: float, y: float) -> tuple[int, int]:
@@ -132,7 +151,7 @@ def _alopecia_areata(g: _Region, rng: np.random.Generator) -> None:
         axes = g.radius * rng.uniform(0.6, 0.9), g.radius * rng.uniform(0.45, 0.7)
         _ellipse(m, c, axes, g.angle + rng.uniform(-30, 30))
     g.keep *= 1 - m.astype(np.float32) / 255
-    smooth = cv2.GaussianBlur(g.skin, (0, 0), 2 * g.unit) * 1.06 + np.float32([6, 0, 0])
+    smooth = _soften(g.skin, 2 * g.unit) * 1.06 + np.float32([6, 0, 0])
     _paint(g.skin, m, smooth)
     ys, xs = np.nonzero(m[:: max(1, m.shape[0] // 40), :: max(1, m.shape[1] // 40)])
     if len(xs):
@@ -156,7 +175,7 @@ def _contact_dermatitis(g: _Region, rng: np.random.Generator) -> None:
     m = _mask(g.shape)
     for c in g.scatter(rng, rng.integers(5, 10), 0.55):
         cv2.circle(m, _pt(*c), round(g.radius * rng.uniform(0.25, 0.45)), 255, -1, cv2.LINE_AA)
-    m = cv2.GaussianBlur(m, (0, 0), 1.5 * g.unit)
+    m = _soften(m, 1.5 * g.unit)
     red = g.skin * np.float32([1.0, 0.62, 0.62]) + np.float32([45, 0, 0])
     _paint(g.skin, m, red, rng.uniform(0.75, 0.95))
     dots = _mask(g.shape)
@@ -175,7 +194,7 @@ def _folliculitis(g: _Region, rng: np.random.Generator) -> None:
         r = g.unit * rng.uniform(1.2, 2.0)
         cv2.circle(halo, _pt(*c), round(r), 255, -1, cv2.LINE_AA)
         cv2.circle(head, _pt(*c), max(1, round(r * rng.uniform(0.4, 0.55))), 255, -1, cv2.LINE_AA)
-    halo = cv2.GaussianBlur(halo, (0, 0), 0.4 * g.unit)
+    halo = _soften(halo, 0.4 * g.unit)
     _paint(g.skin, halo, (205, 55, 55), 0.9)
 
     def heads(img: np.ndarray) -> None:
@@ -232,11 +251,11 @@ def _male_pattern_baldness(g: _Region, rng: np.random.Generator) -> None:
     """A large soft-edged thinning area: shiny scalp with sparse, fine, short hairs."""
     d = _mask(g.shape)
     _ellipse(d, (g.cx, g.cy), (g.radius * 0.85, g.radius * rng.uniform(0.65, 0.85)), g.angle)
-    soft = cv2.GaussianBlur(d, (0, 0), 0.1 * g.radius).astype(np.float32) / 255
+    soft = _soften(d, 0.1 * g.radius).astype(np.float32) / 255
     g.keep *= 1 - 0.97 * soft
     shine = _mask(g.shape)
     _ellipse(shine, g.scatter(rng, 1, 0.3)[0], (g.radius * 0.55, g.radius * 0.3), g.angle)
-    shine = cv2.GaussianBlur(shine, (0, 0), 0.12 * g.radius)
+    shine = _soften(shine, 0.12 * g.radius)
     _paint(g.skin, shine, (255, 250, 245), 0.5)
     pts = g.scatter(rng, rng.integers(40, 80), 0.8)
     fine = _curves(
@@ -272,7 +291,7 @@ def _seborrheic_dermatitis(g: _Region, rng: np.random.Generator) -> None:
     """A faint pink greasy area with scattered yellow flakes of varied size."""
     base = _mask(g.shape)
     _ellipse(base, (g.cx, g.cy), (g.radius * 0.8, g.radius * 0.6), g.angle)
-    base = cv2.GaussianBlur(base, (0, 0), 0.2 * g.radius)
+    base = _soften(base, 0.2 * g.radius)
     _paint(g.skin, base, g.skin * np.float32([1.0, 0.85, 0.8]) + np.float32([20, 0, 0]), 0.8)
     flakes = []
     for c in g.scatter(rng, rng.integers(25, 50), 0.85):
@@ -291,7 +310,7 @@ def _telogen_effluvium(g: _Region, rng: np.random.Generator) -> None:
     """Thinner hair and many long, strongly curved shed hairs, each with a white club root."""
     thin = _mask(g.shape)
     _ellipse(thin, (g.cx, g.cy), (g.radius * 0.8, g.radius * 0.7), g.angle)
-    g.keep *= 1 - 0.5 * cv2.GaussianBlur(thin, (0, 0), 0.2 * g.radius).astype(np.float32) / 255
+    g.keep *= 1 - 0.5 * _soften(thin, 0.2 * g.radius).astype(np.float32) / 255
     n = int(rng.integers(8, 16))
     starts = g.scatter(rng, n, 0.6)
     angles = rng.uniform(0, 2 * np.pi, n)
@@ -354,8 +373,8 @@ def _skin(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """(h, w, 3) float32 skin: a tone with blotchy shading and pore-scale texture."""
     tone = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.9, 1.08, 3)
     shade = _smooth_noise(rng, (h, w), int(rng.integers(3, 7))) * rng.uniform(6, 14)
-    pores = _smooth_noise(rng, (h, w), max(8, min(h, w) // 12)) * rng.uniform(2, 5)
-    return tone[None, None, :] + (shade + pores)[:, :, None]
+    shade += _smooth_noise(rng, (h, w), max(8, min(h, w) // 12)) * rng.uniform(2, 5)  # pores
+    return tone.astype(np.float32)[None, None, :] + shade[:, :, None]
 
 
 def _hair(rng, h, w, unit, hair_rgb) -> tuple[np.ndarray, np.ndarray]:
@@ -433,7 +452,10 @@ def make_image(
 
     hair_colour, hair_alpha = _hair(rng, h, w, unit, hair_rgb)
     alpha = hair_alpha.astype(np.float32) * (keep / 255)  # (h, w)
-    img = skin + (hair_colour.astype(np.float32) - skin) * alpha[:, :, None]
+    img = hair_colour.astype(np.float32)  # (h, w, 3): skin + (hair - skin) * alpha, in place
+    img -= skin
+    img *= alpha[:, :, None]
+    img += skin
     view = img[y0:y1, x0:x1]
     for draw in region.overlays:
         draw(view)
@@ -443,8 +465,8 @@ def make_image(
     sigma = rng.uniform(0, 1.0) * unit / 8
     if sigma > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img += rng.normal(0, rng.uniform(1, 6), (h, w, 1)).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(rng.uniform(1, 6))
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 @dataclass(frozen=True)
