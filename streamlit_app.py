@@ -53,10 +53,14 @@ def keep_tensorflow_warm_between_reruns() -> None:
 
 @st.cache_resource(show_spinner=False)
 def load_predictor(location: str, sha256: str | None):
-    """One Predictor per process, shared by all sessions (TensorFlow is imported here)."""
-    from scalpnet.inference import Predictor
+    """One Predictor per process, shared by all sessions (TensorFlow is imported here),
+    and the test metrics of its run folder (None when there are none)."""
+    from scalpnet.inference import Predictor, fetch_model
 
-    return Predictor.load(location, sha256=sha256)
+    predictor = Predictor.load(location, sha256=sha256)
+    # A downloaded run (a zipped run folder) is unpacked in the cache; find its metrics there.
+    folder = fetch_model(location, sha256) if "://" in location else location
+    return predictor, app_state.read_metrics(folder)
 
 
 def read_settings() -> tuple[app_state.Settings, str | None]:
@@ -94,7 +98,7 @@ def choose_language() -> str:
     )
 
 
-def show_model(predictor, origin: str, language: str) -> None:
+def show_model(predictor, metrics: dict | None, origin: str, language: str) -> None:
     """Name, date, demo or real data, and the run's test metrics."""
     t = text(language)
     card = predictor.card or {}
@@ -109,7 +113,6 @@ def show_model(predictor, origin: str, language: str) -> None:
         f"**{t['model_source']}:** `{origin}`",
     ]
     st.sidebar.markdown("\n".join(f"- {line}" for line in lines))
-    metrics = app_state.read_metrics(predictor.source)
     st.sidebar.markdown(f"**{t['model_metrics']}**")
     metric_lines = app_state.metric_lines(metrics, language)
     if metric_lines:
@@ -317,12 +320,12 @@ def main() -> None:
             no_model_page(settings, t)
             return
         with st.spinner("…"):
-            predictor = load_predictor(source.location, source.sha256)
+            predictor, metrics = load_predictor(source.location, source.sha256)
     except ScalpNetError as error:
         show_disclaimer(t)
         model_error_page(error, t)
         return
-    show_model(predictor, source.origin, language)
+    show_model(predictor, metrics, source.origin, language)
     show_disclaimer(t)
 
     st.title(t["title"])
@@ -356,7 +359,7 @@ def main() -> None:
         language=language,
         image_name=photo_file.name,
         explanation=explanation,
-        metrics=app_state.read_metrics(predictor.source),
+        metrics=metrics,
     )
     show_downloads(report, t)
     show_chat(prediction, explanation, settings, language, t)

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "streamlit_app.py"
 sys.path.insert(0, str(REPO))
 
 from scalpnet.ui_text import text  # noqa: E402
@@ -187,6 +188,15 @@ if upload is not None:
 """
 
 
+def gradcam_drawn(page) -> float:
+    """Seconds from switching the Grad-CAM toggle on to its overlay being shown."""
+    started = time.perf_counter()
+    page.get_by_text(text("en")["gradcam_toggle"]).click()
+    caption = text("en")["gradcam_caption"].split("{")[0]
+    page.get_by_text(caption).first.wait_for(timeout=TIMEOUT_MS)
+    return time.perf_counter() - started
+
+
 def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
     """Cold start, upload-to-chart times and memory of ``streamlit run script``."""
     from playwright.sync_api import sync_playwright
@@ -215,10 +225,12 @@ def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
             first_render_s = time.perf_counter() - spawned
             idle_mb = sampler.last / 2**20
             page.close()
-            uploads = []
+            uploads, gradcam_s = [], None
             for photo in photos:
                 page = open_app(browser, url)
                 uploads.append(upload_to_bars(page, photo))
+                if photo == photos[-1]:
+                    gradcam_s = gradcam_drawn(page) if script.name == APP.name else None
                 page.close()
             hwm = vm_hwm_mb(process.pid)
             final_mb = sampler.last / 2**20
@@ -234,6 +246,7 @@ def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
         "healthy_s": healthy_s,
         "first_render_s": first_render_s,
         "upload_s": uploads,
+        "gradcam_s": gradcam_s,
         "peak_mb": sampler.peak / 2**20,
         "vm_hwm_mb": hwm,
         "after_load_mb": idle_mb,
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         minimal_script.write_text(MINIMAL_APP)
         minimal = bench_app(minimal_script, run, photos, folder / "minimal.log")
         print("ScalpNet app: streamlit + Chromium ...", flush=True)
-        app = bench_app(REPO / "streamlit_app.py", run, photos, folder / "streamlit.log")
+        app = bench_app(APP, run, photos, folder / "streamlit.log")
 
     def med(values: list[float]) -> float:  # the first upload of a process warms caches
         return statistics.median(values[1:] or values)
@@ -286,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         ("cold start -> first page drawn (s)", app["first_render_s"],
          minimal["first_render_s"], base["spawn_to_loaded_s"]),
         ("upload -> bars drawn, median (ms)", ours_ms, minimal_ms, predict_ms),
+        ("Grad-CAM toggle -> overlay drawn (ms)", app["gradcam_s"] * 1e3, None, None),
         ("peak RSS, process + children (MiB)", app["peak_mb"], minimal["peak_mb"],
          base["peak_mb"]),
         ("VmHWM, main process (MiB)", app["vm_hwm_mb"], minimal["vm_hwm_mb"], None),

@@ -146,6 +146,55 @@ def test_unloadable_model_gives_a_clear_page_not_a_traceback(env, tmp_path):
     assert "SCALPNET_MODEL_SHA256" in at.error[0].value
 
 
+@pytest.fixture
+def served_run(app_run, tmp_path):
+    """The run folder zipped and served over HTTP on 127.0.0.1: (url, sha256)."""
+    import functools
+    import hashlib
+    import threading
+    import zipfile
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "r64.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+        for path in sorted(app_run.iterdir()):
+            zipped.write(path, f"r64/{path.name}")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/r64.zip"
+        yield url, hashlib.sha256(archive.read_bytes()).hexdigest()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_model_downloaded_by_url_and_checksum(env, served_run, tmp_path, reference, synthetic_jpeg):
+    url, sha256 = served_run
+    env.delenv("SCALPNET_RUN")
+    env.setenv("SCALPNET_RUNS_DIR", str(tmp_path / "no_runs"))
+    env.setenv("SCALPNET_CACHE", str(tmp_path / "cache"))
+    env.setenv("SCALPNET_MODEL_URL", url)
+    env.setenv("SCALPNET_MODEL_SHA256", "0" * 64)
+    at = new_app()
+    assert not at.exception
+    assert at.title[0].value == EN["model_error_title"] and "sha256" in at.error[0].value
+
+    env.setenv("SCALPNET_MODEL_SHA256", sha256)
+    at = new_app()
+    assert_no_error(at)
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "SCALPNET_MODEL_URL" in sidebar and "top-1 accuracy: 50.0%" in sidebar
+    at = upload(at, "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert_shows(at, reference, synthetic_jpeg)
+
+
 def test_newest_run_in_runs_dir_is_used(env, app_run):
     env.delenv("SCALPNET_RUN")
     env.setenv("SCALPNET_RUNS_DIR", str(app_run.parent))
