@@ -422,6 +422,8 @@ def process_image(source: str, dest: str, size: int) -> str | None:
         return str(exc)
     except OSError as exc:  # e.g. permission denied
         return f"could not read the file ({exc.strerror or exc})"
+    except Exception as exc:  # one odd file must not stop a 12,000-image run
+        return f"could not decode it ({type(exc).__name__}: {exc})"
     ok, png = cv2.imencode(".png", rgb[:, :, ::-1], list(PNG_PARAMS))
     if not ok:
         return "could not encode the processed image as PNG"
@@ -499,7 +501,8 @@ def _process_all(
         file=None,
         dynamic_ncols=True,
     )
-    with bar, _make_executor(kind, workers) as pool:
+    pool = _make_executor(kind, workers)
+    try:
         futures = {}
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
@@ -509,6 +512,10 @@ def _process_all(
             for (item, name), reason in zip(futures[future], future.result(), strict=True):
                 on_done(item, name, reason)
             bar.update(len(futures[future]))
+    finally:
+        # On Ctrl-C or an error, drop the queued work instead of finishing it first.
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
 
 
 # --------------------------------------------------------------------------- the whole stage
@@ -576,16 +583,29 @@ def _count(items: list[Item], splits: list[str]) -> tuple[dict, dict]:
     return counts, totals
 
 
+_OUR_PNG = re.compile(r".+-[0-9a-f]{10}\.png")
+_OUR_TEMP = re.compile(r".+\.(png|csv|json)\.\d+-\d+\.tmp")  # from _write_atomic
+
+
 def _remove_leftovers(images: Path, keep: Iterable[Path]) -> None:
-    """Delete temp files from a killed run and PNGs of sources that are gone or now failing."""
-    if not images.is_dir():
-        return
+    """Delete temp files from a killed run and PNGs of sources that are gone or now failing.
+
+    Only files this module names (``images/<key|multi|none>/<stem>-<hash>.png``) are touched,
+    so an --out that happens to hold other pictures loses none of them.
+    """
     keep = set(keep)
-    for path in images.rglob("*"):
-        if path.is_file() and (
-            path.name.endswith(".tmp") or (path.suffix == ".png" and path not in keep)
-        ):
+    for path in images.parent.glob("*.tmp"):  # labels.csv, the report, the state file
+        if _OUR_TEMP.fullmatch(path.name):
             path.unlink(missing_ok=True)
+    for folder in (images / name for name in (*KEYS, "multi", "none")):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            ours = _OUR_TEMP.fullmatch(path.name) or (
+                _OUR_PNG.fullmatch(path.name) and path not in keep
+            )
+            if ours and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResult:
@@ -642,8 +662,10 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
             last_save[0] = time.monotonic()
 
     kind = executor_kind(config.executor)
-    _process_all(jobs, out, size, workers, kind, progress, on_done)
-    _save_state(state_path, size, state)
+    try:
+        _process_all(jobs, out, size, workers, kind, progress, on_done)
+    finally:
+        _save_state(state_path, size, state)  # keep the finished work, even on Ctrl-C
 
     skipped = list(found.skipped)
     kept_items, kept_names = [], []

@@ -335,6 +335,7 @@ def test_interrupted_run_leftovers_are_cleaned_and_finished(kaggle, tmp_path):
     state_path.write_text(json.dumps(state))
     partial = out / (names[9] + ".1234-5678.tmp")
     partial.write_bytes(b"\x89PNG half")
+    (out / "labels.csv.1234-5678.tmp").write_text("path,spl")
 
     result = run(kaggle, out)
     assert result.processed == 8 and result.reused == 92
@@ -558,3 +559,50 @@ def test_executor_choice():
     assert prepare.executor_kind("auto") == "threads"
     assert prepare.executor_kind("threads") == "threads"
     assert prepare.executor_kind("processes") == "processes"
+
+
+def test_files_in_the_output_folder_that_are_not_ours_are_left_alone(kaggle, tmp_path):
+    out = tmp_path / "out"
+    mine = [out / "images" / "psoriasis" / "holiday.png", out / "images" / "x" / "y-0123456789.png"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"my own picture")
+    run(kaggle, out)
+    run(kaggle, out)
+    assert all(path.read_bytes() == b"my own picture" for path in mine)
+
+
+def test_an_interrupt_stops_early_and_keeps_the_finished_work(kaggle, tmp_path, monkeypatch):
+    calls = []
+    original = prepare.process_image
+
+    def interrupted(source, dest, size):
+        calls.append(source)
+        if len(calls) == 30:
+            raise KeyboardInterrupt
+        return original(source, dest, size)
+
+    monkeypatch.setattr(prepare, "process_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(kaggle, tmp_path / "out", workers=1, executor="threads")
+    assert len(calls) < 60  # the queued work was dropped, not finished first
+    state = json.loads((tmp_path / "out" / prepare.STATE_NAME).read_text())
+    assert 12 <= len(state["entries"]) < 30  # whole tasks (chunks) finished before it
+    monkeypatch.setattr(prepare, "process_image", original)
+    result = run(kaggle, tmp_path / "out")
+    assert result.reused == len(state["entries"]) and result.processed == 100 - result.reused
+
+
+def test_an_unexpected_decoder_error_skips_that_file_only(kaggle, tmp_path, monkeypatch):
+    bad = kaggle / "val" / "Psoriasis" / "psoriasis_0009.jpg"
+    original = prepare.preprocess.preprocess_image
+
+    def fragile(source, size):
+        if Path(source) == bad:
+            raise IndexError("list index out of range")  # e.g. a Pillow plugin on fuzzed data
+        return original(source, size)
+
+    monkeypatch.setattr(prepare.preprocess, "preprocess_image", fragile)
+    result = run(kaggle, tmp_path / "out")
+    assert result.skipped == [(bad, "could not decode it (IndexError: list index out of range)")]
+    assert sum(result.totals.values()) == 99
