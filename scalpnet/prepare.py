@@ -73,7 +73,8 @@ _PATH_COLUMNS = (
     "img",
     "img_path",
 )
-_RESERVED_COLUMNS = {"split", "source", "group"}
+_LABEL_COLUMNS = ("label", "labels", "class", "condition", "conditions", "diagnosis")
+_RESERVED_COLUMNS = {"split", "source", "group", *_LABEL_COLUMNS}
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
 _CHECKPOINT_SECONDS = 2.0
 EXECUTORS = ("auto", "threads", "processes")
@@ -270,8 +271,23 @@ def _parse_flag(value: str, where: str) -> int:
     raise DatasetError(f"{where}: expected 0 or 1, got {value!r}")
 
 
+def _parse_names(value: str, where: str) -> tuple[int, ...]:
+    """'Psoriasis' or 'head lice; psoriasis' -> (10,) 0/1."""
+    flags = [0] * NUM_CLASSES
+    for name in filter(None, (n.strip() for n in re.split(r"[;|]", value))):
+        index = find_condition(name)
+        if index is None:
+            raise DatasetError(
+                f"{where}: unknown condition {name!r}; expected one of: {', '.join(ENGLISH_NAMES)}"
+            )
+        flags[index] = 1
+    return tuple(flags)
+
+
 def _discover_csv(csv_path: Path) -> Discovery:
-    """Rows of a multi-hot CSV: a path column, optional split, one 0/1 column per condition."""
+    """Rows of a CSV: a path column, optional split, and the labels as one 0/1 column per
+    condition (multi-label) or as one column of condition names (``label``; ';' between
+    several)."""
     import pandas as pd  # only this input needs pandas
 
     try:
@@ -299,10 +315,12 @@ def _discover_csv(csv_path: Path) -> Discovery:
                 f"name the condition {ENGLISH_NAMES[index]!r}"
             )
         condition_columns[index] = column
-    if not condition_columns:
+    label_column = next((lower[n] for n in _LABEL_COLUMNS if n in lower), None)
+    if not condition_columns and label_column is None:
         raise DatasetError(
             f"'{csv_path}' has no condition columns; expected 0/1 columns named like "
-            f"{', '.join(KEYS)} (columns: {list(table.columns)})"
+            f"{', '.join(KEYS)}, or one 'label' column of condition names "
+            f"(columns: {list(table.columns)})"
         )
     split_column = lower.get("split")
     root = csv_path.parent
@@ -314,12 +332,17 @@ def _discover_csv(csv_path: Path) -> Discovery:
             raise DatasetError(f"{where}: empty image path")
         source = Path(text).expanduser()
         source = Path(os.path.abspath(source if source.is_absolute() else root / source))
-        labels = tuple(
-            _parse_flag(str(row[condition_columns[i]]), f"{where}, column {condition_columns[i]!r}")
-            if i in condition_columns
-            else 0
-            for i in range(NUM_CLASSES)
-        )
+        if condition_columns:
+            labels = tuple(
+                _parse_flag(
+                    str(row[condition_columns[i]]), f"{where}, column {condition_columns[i]!r}"
+                )
+                if i in condition_columns
+                else 0
+                for i in range(NUM_CLASSES)
+            )
+        else:
+            labels = _parse_names(str(row[label_column]), where)
         split = None
         if split_column is not None:
             split = _SPLIT_ALIASES.get(str(row[split_column]).strip().casefold())

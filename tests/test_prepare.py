@@ -259,6 +259,32 @@ def test_multi_label_csv_input(tmp_path, with_split):
         assert (result.csv_path.parent / row["path"]).is_file()
 
 
+def test_csv_with_a_label_column_of_names_the_real_photo_manifest(real_scalp_dir, tmp_path):
+    with (real_scalp_dir / "manifest.csv").open() as handle:
+        manifest = list(csv.DictReader(handle))
+    before = fingerprint(real_scalp_dir)
+    result = run(real_scalp_dir / "manifest.csv", tmp_path / "out")
+    assert result.layout == "csv" and result.skipped == []
+    assert sum(result.totals.values()) == len(manifest) == 73
+    for key, name in zip(KEYS, ENGLISH_NAMES, strict=True):
+        expected = sum(row["label"] == name for row in manifest)
+        assert sum(result.counts[s][key] for s in prepare.SPLITS) == expected
+    assert fingerprint(real_scalp_dir) == before  # read-only fixtures untouched
+
+
+def test_label_column_with_several_names_and_an_unknown_name(tmp_path):
+    write_jpeg(tmp_path / "a.jpg", 0, 0)
+    write_jpeg(tmp_path / "b.jpg", 1, 1)
+    (tmp_path / "in.csv").write_text("file,label\na.jpg,Head Lice; psoriasis\nb.jpg,\n")
+    result = run(tmp_path / "in.csv", tmp_path / "out")
+    _, rows = read_csv(result.csv_path)
+    by_name = {Path(r["source"]).name: label_of(r) for r in rows}
+    assert by_name == {"a.jpg": [0, 0, 0, 1, 0, 0, 1, 0, 0, 0], "b.jpg": [0] * 10}
+    (tmp_path / "in.csv").write_text("file,label\na.jpg,Dandruff\n")
+    with pytest.raises(DatasetError, match="line 2: unknown condition 'Dandruff'"):
+        run(tmp_path / "in.csv", tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     ("header", "line", "message"),
     [
