@@ -23,7 +23,8 @@ from scalpnet.ui_text import text
 
 MAX_UPLOAD_MB = 10  # also server.maxUploadSize in .streamlit/config.toml
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "heic", "heif")
-RUN_FILES = ("model.keras", "model_card.json")  # what makes a run folder complete
+RUN_FILES = ("model.keras", "model_card.json")  # what makes a run folder complete ...
+RESUME_DIR = ".resume"  # ... unless training is still going on (scalpnet.training)
 
 # Setting names, the same in the environment and in .streamlit/secrets.toml.
 SETTING_NAMES = (
@@ -127,11 +128,16 @@ def _created(run: Path) -> float:
 
 
 def newest_complete_run(runs_dir: Path) -> Path | None:
-    """The newest sub-folder of ``runs_dir`` holding ``model.keras`` and ``model_card.json``."""
+    """The newest finished run under ``runs_dir``: ``model.keras`` and ``model_card.json``
+    present, no ``.resume/`` (training leaves that only while a run is unfinished)."""
     if not runs_dir.is_dir():
         return None
     complete = [
-        d for d in runs_dir.iterdir() if d.is_dir() and all((d / f).is_file() for f in RUN_FILES)
+        d
+        for d in runs_dir.iterdir()
+        if d.is_dir()
+        and all((d / f).is_file() for f in RUN_FILES)
+        and not (d / RESUME_DIR).exists()
     ]
     return max(complete, key=lambda d: (_created(d), d.name), default=None)
 

@@ -128,6 +128,9 @@ def test_newest_complete_run_wins(tmp_path):
     (unfinished / "model_card.json").write_text(json.dumps({"created": "2027-01-01T00:00:00"}))
     (tmp_path / "stray.txt").write_text("x")
     assert app_state.newest_complete_run(tmp_path) == tmp_path / "new"
+    training = make_run(tmp_path / "still_training", "2027-01-01T00:00:00+00:00")
+    (training / ".resume").mkdir()
+    assert app_state.newest_complete_run(tmp_path) == tmp_path / "new"
 
 
 def test_card_without_date_falls_back_to_file_time(tmp_path):
