@@ -26,7 +26,8 @@ def _add_prepare(verbs) -> Handler:
     )
     p.add_argument("--data", type=Path, required=True,
                    help="the Kaggle 'Hair Diseases - Final' folder, a folder of class folders, "
-                        "or a CSV of image paths with one 0/1 column per condition")
+                        "or a CSV of image paths with one 0/1 column per condition "
+                        "(or a 'label' column of condition names)")
     p.add_argument("--out", type=Path, default=Path("data/processed"), help="output folder")
     p.add_argument("--image-size", type=int, default=256, help="output side in pixels")
     p.add_argument("--split", choices=["auto", "random", "grouped"], default="auto",
