@@ -132,10 +132,10 @@ def no_model_page(settings: app_state.Settings, t) -> None:
     st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
 
 
-def model_error_page(error: ScalpNetError, t) -> None:
+def model_error_page(error: ScalpNetError, settings: app_state.Settings, t) -> None:
     st.title(t["model_error_title"])
     st.error(t["model_error_body"].format(reason=error))
-    st.markdown(t["no_model_body"].format(runs_dir="runs/"))
+    st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
 
 
 def photo_input(t):
@@ -319,11 +319,11 @@ def main() -> None:
             show_disclaimer(t)
             no_model_page(settings, t)
             return
-        with st.spinner("…"):
+        with st.spinner(t["loading_model"]):
             predictor, metrics = load_predictor(source.location, source.sha256)
     except ScalpNetError as error:
         show_disclaimer(t)
-        model_error_page(error, t)
+        model_error_page(error, settings, t)
         return
     show_model(predictor, metrics, source.origin, language)
     show_disclaimer(t)

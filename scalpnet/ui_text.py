@@ -112,6 +112,7 @@ _EN = {
         "Then reload this page. The app looks in `{runs_dir}` for the newest run folder "
         "holding `model.keras` and `model_card.json`, unless `SCALPNET_RUN` names one."
     ),
+    "loading_model": "Loading the model (the first visit after a start takes a while)…",
     "model_error_title": "The model could not be loaded",
     "model_error_body": "{reason}",
     "secrets_warning": "`.streamlit/secrets.toml` could not be read, so it is ignored: {reason}",
@@ -224,6 +225,7 @@ _KO = {
         "그런 다음 이 페이지를 새로 고치세요. `SCALPNET_RUN`이 지정되지 않으면 앱은 "
         "`{runs_dir}`에서 `model.keras`와 `model_card.json`이 있는 가장 최근 실행 폴더를 찾습니다."
     ),
+    "loading_model": "모델을 불러오는 중입니다 (시작 후 첫 방문은 시간이 걸립니다)…",
     "model_error_title": "모델을 불러오지 못했습니다",
     "model_error_body": "{reason}",
     "secrets_warning": "`.streamlit/secrets.toml`을 읽지 못해 무시합니다: {reason}",

@@ -169,7 +169,7 @@ def test_upload_shows_bars_and_streamed_explanation(app_url, photo, page, tmp_pa
     page.locator('[data-testid="stImage"]').first.wait_for(timeout=STEP_TIMEOUT_MS)
     box = chart.bounding_box()
     assert box is not None and box["height"] > 150, box  # ten bars, not an empty frame
-    assert page.get_by_text(EN["download_json"]).is_visible()
+    page.get_by_text(EN["download_json"]).wait_for(timeout=STEP_TIMEOUT_MS)
 
     screenshot = tmp_path / "app.png"
     page.screenshot(path=str(screenshot), full_page=True)
