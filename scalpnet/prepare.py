@@ -426,7 +426,7 @@ def make_folder(folder: Path) -> None:
         ) from None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, then rename: readers never see half a file."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
@@ -450,7 +450,7 @@ def process_image(source: str, dest: str, size: int) -> str | None:
     ok, png = cv2.imencode(".png", rgb[:, :, ::-1], list(PNG_PARAMS))
     if not ok:
         return "could not encode the processed image as PNG"
-    _write_atomic(Path(dest), png.tobytes())
+    write_atomic(Path(dest), png.tobytes())
     return None
 
 
@@ -473,7 +473,7 @@ def _load_state(path: Path, size: int) -> dict[str, list]:
 
 def _save_state(path: Path, size: int, entries: dict[str, list]) -> None:
     state = {"image_size": size, "pipeline": PIPELINE_VERSION, "entries": entries}
-    _write_atomic(path, json.dumps(state, separators=(",", ":")).encode())
+    write_atomic(path, json.dumps(state, separators=(",", ":")).encode())
 
 
 def process_chunk(jobs: list[tuple[str, str]], size: int) -> list[str | None]:
@@ -593,7 +593,7 @@ def _write_labels_csv(
     for i in order:
         group = [groups[i]] if groups is not None else []
         writer.writerow([names[i], splits[i], str(items[i].source), *group, *items[i].labels])
-    _write_atomic(path, buffer.getvalue().encode("utf-8"))
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
 def _count(items: list[Item], splits: list[str]) -> tuple[dict, dict]:
@@ -607,7 +607,7 @@ def _count(items: list[Item], splits: list[str]) -> tuple[dict, dict]:
 
 
 _OUR_PNG = re.compile(r".+-[0-9a-f]{10}\.png")
-_OUR_TEMP = re.compile(r".+\.(png|csv|json)\.\d+-\d+\.tmp")  # from _write_atomic
+_OUR_TEMP = re.compile(r".+\.(png|csv|json)\.\d+-\d+\.tmp")  # from write_atomic
 
 
 def _remove_leftovers(images: Path, keep: Iterable[Path]) -> None:
@@ -748,7 +748,7 @@ def _write_report(result: PrepareResult, config: PrepareConfig, workers: int, ki
         "elapsed_s": round(result.elapsed, 3),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }
-    _write_atomic(result.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    write_atomic(result.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
 def summary(result: PrepareResult) -> str:

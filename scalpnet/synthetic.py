@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from scalpnet.labels import CONDITIONS, KEYS, NUM_CLASSES
-from scalpnet.prepare import make_folder, split_counts
+from scalpnet.prepare import make_folder, split_counts, write_atomic
 
 SPLITS = ("train", "val", "test")
 # Image sides written by write_dataset (pixels), like the mixed sizes of real photos.
@@ -489,15 +489,15 @@ def _write_one(path: Path, condition: int, seed_seq: np.random.SeedSequence) -> 
     ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise OSError(f"could not encode {path}")
-    path.write_bytes(data.tobytes())
+    write_atomic(path, data.tobytes())  # a killed run leaves no half-written JPEG
 
 
 def _remove_stale(out: Path, written: set[Path]) -> None:
     """Delete images an earlier, larger run left in these class folders (only our own names)."""
     for split in SPLITS:
         for condition in CONDITIONS:
-            ours = re.compile(rf"{condition.key}_\d{{4,}}\.jpg")
-            for path in (out / split / condition.english).glob(f"{condition.key}_*.jpg"):
+            ours = re.compile(rf"{condition.key}_\d{{4,}}\.jpg(\.\d+-\d+\.tmp)?")  # or a temp
+            for path in (out / split / condition.english).glob(f"{condition.key}_*"):
                 if path not in written and ours.fullmatch(path.name):
                     path.unlink()
 

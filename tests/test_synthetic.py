@@ -171,9 +171,12 @@ def test_write_dataset_is_seeded_and_removes_its_own_stale_files(tmp_path):
 
     foreign = tmp_path / "a" / "train" / "Psoriasis" / "my_own_photo.jpg"
     foreign.write_bytes(b"not ours")
+    killed = tmp_path / "a" / "train" / "Psoriasis" / "psoriasis_0001.jpg.123-456.tmp"
+    killed.write_bytes(b"half a jpeg")
     synthetic.write_dataset(tmp_path / "a", per_class=1, seed=5)
     assert len(list((tmp_path / "a").rglob("psoriasis_*.jpg"))) == 1
     assert foreign.exists()  # files we did not write are left alone
+    assert not killed.exists()
 
 
 def test_write_dataset_rejects_zero_images(tmp_path):
