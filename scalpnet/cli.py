@@ -173,12 +173,60 @@ def _add_export(verbs) -> Handler:
     return run
 
 
+# --------------------------------------------------------------------------- audit
+def _add_audit(verbs) -> Handler:
+    p = verbs.add_parser(
+        "audit",
+        help="find the same photo across train, val and test (leakage audit)",
+        description="Group near-duplicate images (rotated, flipped, cropped, greyscale or "
+        "re-encoded copies of one photo) and report how many cross the splits. Writes "
+        "audit.json, groups.csv and contact_sheet.png into --out.",
+    )
+    p.add_argument("--data", type=Path, required=True,
+                   help="the Kaggle 'Hair Diseases - Final' folder (train/ val/ test/), a "
+                        "folder of class folders, or a prepared labels.csv")
+    p.add_argument("--out", type=Path, default=Path("reports/audit"),
+                   help="folder for the report files (default: reports/audit under the "
+                        "current folder)")
+    # Defaults live in scalpnet.dedupe (not imported here, to keep --help fast);
+    # tests/test_dedupe.py checks that these help texts quote them.
+    p.add_argument("--threshold", type=float, default=None,
+                   help="similarity (0-1) at which two images count as the same photo "
+                        "(default 0.905, calibrated on real Kaggle twins; lower finds more "
+                        "copies and risks merging different photos)")
+    p.add_argument("--neighbours", type=int, default=None,
+                   help="candidate partners checked per image (default 8; more is slower "
+                        "and misses fewer copies)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel threads (default: all cores)")
+    p.add_argument("--sheet-groups", type=int, default=6,
+                   help="groups shown in contact_sheet.png (default 6)")
+
+    def run(args: argparse.Namespace) -> int:
+        from scalpnet import dedupe
+
+        config = dedupe.AuditConfig(
+            data=args.data, out=args.out,
+            threshold=dedupe.DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+            neighbours=dedupe.DEFAULT_NEIGHBOURS if args.neighbours is None else args.neighbours,
+            workers=args.workers, sheet_groups=args.sheet_groups,
+        )
+        result = dedupe.audit(config)
+        written = dedupe.write_audit(result, config.out, config.sheet_groups)
+        print(dedupe.summary(result))
+        print(f"Wrote {', '.join(str(path) for path in written.values())}")
+        return 0
+
+    return run
+
+
 VERBS: tuple[Callable[[argparse._SubParsersAction], Handler], ...] = (
     _add_prepare,
     _add_synth,
     _add_evaluate,
     _add_predict,
     _add_export,
+    _add_audit,
 )
 
 
