@@ -23,6 +23,7 @@ How two images are compared:
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -126,9 +127,13 @@ def fingerprint(rgb: np.ndarray) -> np.ndarray:
 def _scan_one(path: Path) -> tuple[np.ndarray | None, str, str, str | None]:
     try:
         data = Path(path).read_bytes()
-        rgb = load_image(data, min_size=DECODE_MIN_SIZE)
-    except (InvalidImageError, OSError) as exc:
-        return None, "", "", str(exc).replace(" the uploaded data", f" '{path}'")
+        named = io.BytesIO(data)
+        named.name = f"'{path}'"  # load_image's messages name the file
+        rgb = load_image(named, min_size=DECODE_MIN_SIZE)
+    except InvalidImageError as exc:
+        return None, "", "", str(exc)
+    except OSError as exc:
+        return None, "", "", f"cannot read '{path}': {exc.strerror or exc}"
     pixels = hashlib.blake2b(rgb.tobytes(), digest_size=16)
     pixels.update(repr(rgb.shape).encode())
     return fingerprint(rgb), hashlib.sha256(data).hexdigest(), pixels.hexdigest(), None
