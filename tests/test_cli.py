@@ -80,6 +80,7 @@ TF_BEFORE_PATH_CHECK = (
         ),
         pytest.param(["synth", "--out", "{tmp}/a_file", "--per-class", "1"], id="synth-out"),
         pytest.param(["evaluate", "--run", "{tmp}/missing"], id="evaluate"),
+        pytest.param(["audit", "--data", "{tmp}/missing", "--out", "{tmp}/o"], id="audit"),
         pytest.param(
             ["predict", "{tmp}/missing.jpg", "--run", "{tmp}/missing"],
             id="predict",
