@@ -50,7 +50,9 @@ def _resnet50(inputs, weights: str | None):
         return keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=inputs)
     except Exception as exc:
         if weights != "imagenet":
-            raise WeightsUnavailableError(f"could not load weights from '{weights}': {exc}") from None
+            raise WeightsUnavailableError(
+                f"could not load weights from '{weights}': {exc}"
+            ) from None
         raise WeightsUnavailableError(
             "could not download the ImageNet weights for ResNet50 (no network?). Keras looks for "
             f"'{imagenet_weights_path()}'. Put that file there, or train from scratch with "

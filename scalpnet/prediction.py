@@ -41,7 +41,11 @@ class Prediction:
     @property
     def positives(self) -> tuple[int, ...]:
         """Indices of conditions at or above their threshold, most probable first."""
-        above = [i for i, (p, t) in enumerate(zip(self.probabilities, self.thresholds)) if p >= t]
+        above = [
+            i
+            for i, (p, t) in enumerate(zip(self.probabilities, self.thresholds, strict=True))
+            if p >= t
+        ]
         return tuple(sorted(above, key=lambda i: -self.probabilities[i]))
 
     @property
@@ -64,7 +68,7 @@ class Prediction:
         data = asdict(self)
         for name in ("probabilities", "thresholds", "raw_probabilities", "uncertainty"):
             if data[name] is not None:
-                data[name] = dict(zip(keys, data[name]))
+                data[name] = dict(zip(keys, data[name], strict=True))
         data["positives"] = [keys[i] for i in self.positives]
         data["top"] = keys[self.top]
         return data

@@ -67,7 +67,11 @@ def _open(source: ImageSource) -> Image.Image:
         if not data:
             raise InvalidImageError(f"{_describe(source)} is empty (0 bytes)")
         return Image.open(io.BytesIO(data))
-    raise TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
+    raise _unsupported_source(source)
+
+
+def _unsupported_source(source: object) -> TypeError:
+    return TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -115,6 +119,10 @@ def load_image(
     Raises:
         InvalidImageError: empty, not an image, truncated, unsupported, or too large.
     """
+    if not isinstance(source, str | os.PathLike | bytes | bytearray | memoryview) and not hasattr(
+        source, "read"
+    ):
+        raise _unsupported_source(source)
     _register_heif()
     what = _describe(source)
     try:
@@ -143,8 +151,9 @@ def load_image(
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidImageError(f"{what} is too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow signals truncated or corrupt data with OSError/SyntaxError/ValueError.
+    except Exception as exc:
+        # Decoders meet untrusted bytes: Pillow signals corrupt data with OSError,
+        # SyntaxError, ValueError, but also IndexError, struct.error and others.
         raise InvalidImageError(f"{what} is corrupt or truncated ({exc})") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InvalidImageError(f"{what} has no pixels")
