@@ -173,3 +173,22 @@ def test_corpus_in_a_real_process(corpus, run_dir):
     assert "Traceback" not in proc.stderr
     assert len(_error_lines(proc.stderr)) == len(corpus["bad"])
     assert proc.stdout.count("top:") == len(corpus["good"])
+
+
+def test_out_of_distribution_warning_in_text_and_json(corpus, tmp_path, capsys):
+    from scalpnet import ood
+
+    run = make_run(tmp_path / "run")
+    predictor = Predictor.load(run)
+    pixels = np.stack([predictor.prepare(photo(seed)).pixels for seed in range(8)])
+    labels = np.eye(len(KEYS))[np.arange(8) % 2]
+    fitted = ood.fit(predictor.forward(pixels)[0], labels)
+    image = str(corpus["good"]["plain"])
+    fitted.with_threshold(-1.0).save(run / "ood.npz")  # everything is out of distribution
+    assert cli.main(["predict", image, "--run", str(run)]) == 0
+    assert "does not look like the scalp close-ups" in capsys.readouterr().out
+    fitted.with_threshold(1e30).save(run / "ood.npz")  # nothing is
+    assert cli.main(["predict", image, "--run", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["is_ood"] is False and result["ood_threshold"] == 1e30
+    assert result["ood_score"] > 0

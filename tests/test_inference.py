@@ -265,3 +265,26 @@ def test_url_of_a_zipped_run_folder(server, run_dir, tmp_path):
     p = Predictor.load(f"{server.url}/run.zip", sha256=sha256(archive), cache_dir=tmp_path)
     assert p.card["name"] == "test-run" and p.thresholds.tolist() == list(THRESHOLDS)
     assert p.run_dir.is_relative_to(tmp_path) and (p.run_dir / "calibration.json").is_file()
+
+
+# ----------------------------------------------------------------------------- OOD in predictions
+def test_ood_model_in_the_run_folder_scores_every_prediction(predictor, run_dir, tmp_path):
+    from scalpnet import ood
+
+    pixels = np.stack([predictor.prepare(photo(seed)).pixels for seed in range(20, 32)])
+    features = predictor.forward(pixels)[0]
+    labels = np.eye(NUM_CLASSES)[np.arange(len(features)) % 3]
+    fitted = ood.fit(features, labels)
+    scores = fitted.score(features)
+    run = make_run(tmp_path / "with_ood")
+    fitted.with_threshold(float(np.median(scores))).save(run / "ood.npz")
+    with_ood = Predictor.load(run)
+    assert with_ood.describe()["ood"] is True
+    predictions = with_ood.predict_batch([photo(seed) for seed in range(20, 32)])
+    got = np.array([p.ood_score for p in predictions])
+    np.testing.assert_allclose(got, scores, rtol=1e-4)
+    assert [p.is_ood for p in predictions] == list(scores > np.median(scores))
+    assert Predictor.load(run, with_ood=False).predict(photo(20)).ood_score is None
+    (run / "ood.npz").write_bytes(b"garbage")
+    with pytest.raises(ModelNotFoundError, match="OOD"):
+        Predictor.load(run)
