@@ -24,30 +24,48 @@ def _add_prepare(verbs) -> Handler:
         help="raw photos -> processed 256x256 PNGs + labels.csv",
         description="Resize, median-blur and split a dataset; write labels.csv.",
     )
-    p.add_argument("--data", type=Path, required=True,
-                   help="the Kaggle 'Hair Diseases - Final' folder, a folder of class folders, "
-                        "or a CSV of image paths with one 0/1 column per condition "
-                        "(or a 'label' column of condition names)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the Kaggle 'Hair Diseases - Final' folder, a folder of class folders, "
+        "or a CSV of image paths with one 0/1 column per condition "
+        "(or a 'label' column of condition names)",
+    )
     p.add_argument("--out", type=Path, default=Path("data/processed"), help="output folder")
     p.add_argument("--image-size", type=int, default=256, help="output side in pixels")
-    p.add_argument("--split", choices=["auto", "random", "grouped"], default="auto",
-                   help="auto: keep the dataset's own train/val/test folders when it has them, "
-                        "else a stratified random 8:1:1; random: always re-split 8:1:1; "
-                        "grouped: 8:1:1 with near-duplicate photos kept in one split")
+    p.add_argument(
+        "--split",
+        choices=["auto", "random", "grouped"],
+        default="auto",
+        help="auto: keep the dataset's own train/val/test folders when it has them, "
+        "else a stratified random 8:1:1; random: always re-split 8:1:1; "
+        "grouped: 8:1:1 with near-duplicate photos kept in one split",
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=None,
-                   help="parallel workers (default: all cores)")
-    p.add_argument("--dedupe-threshold", type=float, default=None,
-                   help="with --split grouped: how similar two photos must be to count as one "
-                        "(default: the dedupe module's own)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="parallel workers (default: all cores)"
+    )
+    p.add_argument(
+        "--dedupe-threshold",
+        type=float,
+        default=None,
+        help="with --split grouped: how similar two photos must be to count as one "
+        "(default: the dedupe module's own)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet import prepare
 
         config = prepare.PrepareConfig(
-            data=args.data, out=args.out, image_size=args.image_size, split=args.split,
-            seed=args.seed, workers=args.workers, dedupe_threshold=args.dedupe_threshold,
+            data=args.data,
+            out=args.out,
+            image_size=args.image_size,
+            split=args.split,
+            seed=args.seed,
+            workers=args.workers,
+            dedupe_threshold=args.dedupe_threshold,
         )
         print(prepare.summary(prepare.prepare_dataset(config, progress=not args.quiet)))
         return 0
@@ -87,8 +105,12 @@ def _add_evaluate(verbs) -> Handler:
         "the run folder.",
     )
     p.add_argument("--run", type=Path, required=True, help="the run folder (runs/NAME)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test",
-                   help="split to score (default test; val is always the one fitted on)")
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="split to score (default test; val is always the one fitted on)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -118,21 +140,34 @@ def _add_predict(verbs) -> Handler:
         "get one error line each (exit code 2); the others are still predicted.",
     )
     p.add_argument("images", type=Path, nargs="+", help="photos (JPEG, PNG, WebP, HEIC, ...)")
-    p.add_argument("--run", required=True,
-                   help="a run folder (runs/NAME), a .keras file, or an https:// URL of one")
+    p.add_argument(
+        "--run",
+        required=True,
+        help="a run folder (runs/NAME), a .keras file, or an https:// URL of one",
+    )
     p.add_argument("--sha256", help="checksum of the file at --run (required for a URL)")
     p.add_argument("--json", action="store_true", help="print JSON (condition keys) instead")
-    p.add_argument("--gradcam", type=Path, metavar="OUT.png",
-                   help="write a Grad-CAM overlay of the top condition (and one per other "
-                        "condition above its threshold, OUT_<key>.png)")
-    p.add_argument("--tta", action="store_true",
-                   help="average flipped views and report their spread as uncertainty")
+    p.add_argument(
+        "--gradcam",
+        type=Path,
+        metavar="OUT.png",
+        help="write a Grad-CAM overlay of the top condition (and one per other "
+        "condition above its threshold, OUT_<key>.png)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average flipped views and report their spread as uncertainty",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet import inference
 
         config = inference.PredictConfig(
-            images=tuple(args.images), run=args.run, sha256=args.sha256, tta=args.tta,
+            images=tuple(args.images),
+            run=args.run,
+            sha256=args.sha256,
+            tta=args.tta,
             gradcam=args.gradcam,
         )
         report = inference.run_predict(config)
@@ -156,10 +191,17 @@ def _add_export(verbs) -> Handler:
     )
     p.add_argument("--run", type=Path, required=True, help="the run folder (or a .keras file)")
     p.add_argument("--format", choices=["savedmodel", "onnx", "litert"], default="savedmodel")
-    p.add_argument("--out", type=Path,
-                   help="output path (default RUN/export/savedmodel, model.onnx or model.tflite)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest allowed |difference| of any probability (default 1e-4)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output path (default RUN/export/savedmodel, model.onnx or model.tflite)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |difference| of any probability (default 1e-4)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet import export
@@ -182,34 +224,53 @@ def _add_audit(verbs) -> Handler:
         "re-encoded copies of one photo) and report how many cross the splits. Writes "
         "audit.json, groups.csv and contact_sheet.png into --out.",
     )
-    p.add_argument("--data", type=Path, required=True,
-                   help="the Kaggle 'Hair Diseases - Final' folder (train/ val/ test/), a "
-                        "folder of class folders, or a prepared labels.csv")
-    p.add_argument("--out", type=Path, default=Path("reports/audit"),
-                   help="folder for the report files (default: reports/audit under the "
-                        "current folder)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the Kaggle 'Hair Diseases - Final' folder (train/ val/ test/), a "
+        "folder of class folders, or a prepared labels.csv",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/audit"),
+        help="folder for the report files (default: reports/audit under the current folder)",
+    )
     # Defaults live in scalpnet.dedupe (not imported here, to keep --help fast);
     # tests/test_dedupe.py checks that these help texts quote them.
-    p.add_argument("--threshold", type=float, default=None,
-                   help="similarity (0-1) at which two images count as the same photo "
-                        "(default 0.905, calibrated on real Kaggle twins; lower finds more "
-                        "copies and risks merging different photos)")
-    p.add_argument("--neighbours", type=int, default=None,
-                   help="candidate partners checked per image (default 8; more is slower "
-                        "and misses fewer copies)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="parallel threads (default: all cores)")
-    p.add_argument("--sheet-groups", type=int, default=6,
-                   help="groups shown in contact_sheet.png (default 6)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="similarity (0-1) at which two images count as the same photo "
+        "(default 0.93, calibrated on real Kaggle twins; lower finds more "
+        "copies and risks merging different photos)",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=None,
+        help="candidate partners checked per image (default 8; more is slower "
+        "and misses fewer copies)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="parallel threads (default: all cores)"
+    )
+    p.add_argument(
+        "--sheet-groups", type=int, default=6, help="groups shown in contact_sheet.png (default 6)"
+    )
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet import dedupe
 
         config = dedupe.AuditConfig(
-            data=args.data, out=args.out,
+            data=args.data,
+            out=args.out,
             threshold=dedupe.DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
             neighbours=dedupe.DEFAULT_NEIGHBOURS if args.neighbours is None else args.neighbours,
-            workers=args.workers, sheet_groups=args.sheet_groups,
+            workers=args.workers,
+            sheet_groups=args.sheet_groups,
         )
         result = dedupe.audit(config)
         written = dedupe.write_audit(result, config.out, config.sheet_groups)
