@@ -16,7 +16,7 @@ Baselines in the same run:
     candidate stage), timed on a subset of ``--brute`` images and extrapolated to
     N(N-1)/2 pairs (plus the same decoding time).
 
-    python benchmarks/bench_dedupe.py [--n 12000] [--brute 200] [--threshold 0.88] [--keep DIR]
+    python benchmarks/bench_dedupe.py [--n 12000] [--brute 200] [--threshold T] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -71,22 +71,25 @@ def make_dataset(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], np.nd
     with_copies = (n - originals) // 2
     originals = n - 2 * with_copies
 
-    def one(k: int) -> list[tuple[str, np.ndarray]]:
+    def one(k: int) -> list[str]:
+        names = [f"{k:05d}_{c}" for c in ((0, 1, 2) if k < with_copies else (0,))]
+        if all((folder / f"{name}.png").exists() for name in names):
+            return names  # made by an earlier run with --keep
         rng = np.random.default_rng([seed, k])
         rgb = to_model_input(synthetic.make_image(k % NUM_CLASSES, rng, (320, 320)), SIZE)
         images = [(f"{k:05d}_0", rgb)]
         if k < with_copies:
             images += [(f"{k:05d}_{c}", planted_copy(rgb, rng)) for c in (1, 2)]
         for name, image in images:
-            _ok, png = cv2.imencode(".png", image[:, :, ::-1], prepare.PNG_PARAMS)
+            _, png = cv2.imencode(".png", image[:, :, ::-1], prepare.PNG_PARAMS)
             (folder / f"{name}.png").write_bytes(png.tobytes())
-        return images
+        return names
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         made = list(pool.map(one, range(originals)))
     paths, truth = [], []
-    for k, images in enumerate(made):
-        for name, _ in images:
+    for k, names in enumerate(made):
+        for name in names:
             paths.append(folder / f"{name}.png")
             truth.append(k)
     return paths, np.array(truth)

@@ -105,7 +105,8 @@ class Grouping:
 
     groups: np.ndarray  # (N,) int group id; ids run 0.. in order of first member
     pairs: np.ndarray  # (P, 2) int candidate pairs (i < j) that were scored
-    scores: np.ndarray  # (P,) float32 their similarity
+    scores: np.ndarray  # (P,) float32 their similarity (a lower bound for pairs already
+    # above the threshold or more than RECHECK_BAND below it: see _verify)
     threshold: float
 
     def members(self, min_size: int = 2) -> list[np.ndarray]:
