@@ -27,3 +27,7 @@ class ExportError(ScalpNetError):
 
 class ConfigError(ScalpNetError):
     """A setting (flag or config field) is out of range or not one of the allowed values."""
+
+
+class RunFolderError(ScalpNetError):
+    """A run folder holds something other than the run being started or resumed."""

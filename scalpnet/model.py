@@ -126,11 +126,18 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         twin.save(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:

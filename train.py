@@ -1,0 +1,309 @@
+"""Train ScalpNet: prepare the data if needed, train, and leave a run folder.
+
+    python train.py --data "PATH/Hair Diseases - Final"     # the Kaggle set
+    python train.py --demo                                   # synthetic images, a few minutes
+
+Resume: a killed run continues when the SAME command is run again. With --out the run
+folder is the one given; without --out, train.py looks in runs/ for an unfinished run
+of the same settings and data and continues the newest one (--fresh starts anew).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from scalpnet.errors import ScalpNetError
+
+RUNS = Path("runs")
+DATA = Path("data")
+DEFAULT_SIZE = 256
+# --demo: measured on a 2-core CPU (see the model card's note and README).
+DEMO_PER_CLASS = 100
+DEMO_SIZE = 64
+DEMO_EPOCHS = (0, 12)
+DEMO_BATCH = 32
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default only when it has a real one (not None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python train.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Resume: run the same command again. With --out, the run in that folder continues; "
+            "without it, the newest unfinished run under runs/ with the same settings and data "
+            "continues (use --fresh to start a new one). A finished run folder is left as it is."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--data",
+        type=Path,
+        help="the Kaggle 'Hair Diseases - Final' folder, a folder of class folders, or a CSV "
+        "of image paths with one 0/1 column per condition; prepared into data/processed "
+        "(data/processed-S for --image-size S other than 256)",
+    )
+    what.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"make a synthetic dataset in data/synthetic ({DEMO_PER_CLASS} images per "
+        f"condition), prepare it at {DEMO_SIZE} px and train a small demo model from scratch; "
+        "everything it writes is marked as a demo trained on synthetic images",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: runs/<timestamp>, or runs/demo-<timestamp>; or the "
+        "unfinished run of the same command, see below)",
+    )
+    p.add_argument("--fresh", action="store_true", help="never resume; always start a new run")
+    p.add_argument(
+        "--processed",
+        type=Path,
+        default=None,
+        help="where prepared images and labels.csv go (default: data/processed[-S], "
+        "data/processed-synthetic-S for --demo)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="'imagenet' (Keras downloads it once into $KERAS_HOME/models, default "
+        "~/.keras/models), 'none' (random start: one phase trains the whole network), or "
+        "the path of a ResNet50 no-top .h5/.weights.h5 file. Default: imagenet; none with --demo",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"side of the square model input in pixels (default {DEFAULT_SIZE}; "
+        f"{DEMO_SIZE} with --demo)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        nargs=2,
+        metavar=("HEAD", "FINETUNE"),
+        default=None,
+        help="epochs of the head-only phase and of the fine-tuning phase (upper bounds: "
+        "early stopping). With --weights none they add up to one whole-network phase. "
+        f"Default: 5 30; {DEMO_EPOCHS[0]} {DEMO_EPOCHS[1]} with --demo",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 32)")
+    p.add_argument(
+        "--head-lr",
+        type=float,
+        default=1e-3,
+        help="learning rate of the head phase (and of the whole network with --weights none)",
+    )
+    p.add_argument(
+        "--finetune-lr", type=float, default=1e-5, help="learning rate of the fine-tuning phase"
+    )
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout before the head")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="early stopping: epochs without a better --monitor value",
+    )
+    p.add_argument(
+        "--monitor",
+        default="val_auc",
+        help="validation metric that picks the best epoch (val_auc, val_loss, "
+        "val_top1_accuracy, ...)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["none", "mixed_float16", "mixed_bfloat16"],
+        default="none",
+        help="mixed precision for GPUs (float16 with loss scaling, or bfloat16); the sigmoid "
+        "head always computes in float32",
+    )
+    p.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    p.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="also train BatchNorm layers when fine-tuning pretrained weights "
+        "(default: kept frozen, better with small batches)",
+    )
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random flips/rotation/zoom/contrast/brightness on training images",
+    )
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep decoded training and validation images in memory "
+        "(needs about N x S x S x 3 bytes)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow op determinism: bit-identical reruns, slower",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed for weights, shuffling, augmentation and the split",
+    )
+    p.add_argument(
+        "--split",
+        choices=["auto", "random", "grouped"],
+        default="auto",
+        help="passed to prepare: auto keeps the dataset's own train/val/test folders; random "
+        "re-splits 8:1:1; grouped keeps near-duplicate photos in one split",
+    )
+    p.add_argument("--workers", type=int, default=None, help="prepare's parallel workers")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=[0, 1, 2],
+        default=1,
+        help="Keras output: 0 silent, 1 progress bars, 2 one line per epoch",
+    )
+    return p
+
+
+def processed_folder(args: argparse.Namespace, image_size: int) -> Path:
+    """Where prepare writes; one folder per image size (the pipeline never resizes)."""
+    if args.processed is not None:
+        return args.processed
+    if args.demo:
+        return DATA / f"processed-synthetic-{image_size}"
+    return DATA / ("processed" if image_size == DEFAULT_SIZE else f"processed-{image_size}")
+
+
+def make_demo_data(folder: Path) -> Path:
+    """The synthetic raw dataset for --demo (written once)."""
+    from scalpnet import synthetic
+
+    if not (folder / "train").is_dir():
+        print(f"writing the synthetic demo dataset into {folder} ...", flush=True)
+        print(synthetic.summary(synthetic.write_dataset(folder, per_class=DEMO_PER_CLASS, seed=0)))
+    return folder
+
+
+def prepare(data: Path, out: Path, image_size: int, split: str, seed: int, workers) -> Path:
+    """Run (or re-check) prepare; unchanged images are not processed again."""
+    from scalpnet import prepare as prepare_module
+
+    print(f"preparing {data} -> {out} at {image_size} px ...", flush=True)
+    config = prepare_module.PrepareConfig(
+        data=data, out=out, image_size=image_size, split=split, seed=seed, workers=workers
+    )
+    result = prepare_module.prepare_dataset(config, progress=True)
+    print(prepare_module.summary(result), flush=True)
+    return result.csv_path
+
+
+def train_config(args: argparse.Namespace, image_size: int, out: Path):
+    """Flags -> TrainConfig (out is filled in later when resuming)."""
+    from scalpnet.training import TrainConfig
+
+    weights = args.weights or ("none" if args.demo else "imagenet")
+    epochs = args.epochs or (DEMO_EPOCHS if args.demo else (5, 30))
+    return TrainConfig(
+        out_dir=out,
+        image_size=image_size,
+        batch_size=args.batch_size or (DEMO_BATCH if args.demo else 32),
+        head_epochs=epochs[0],
+        finetune_epochs=epochs[1],
+        head_lr=args.head_lr,
+        finetune_lr=args.finetune_lr,
+        dropout=args.dropout,
+        weights=weights,
+        precision=None if args.precision == "none" else args.precision,
+        jit=args.jit,
+        seed=args.seed,
+        patience=args.patience,
+        monitor=args.monitor,
+        train_bn=args.train_bn,
+        augment=not args.no_augment,
+        cache=args.cache,
+        deterministic=args.deterministic,
+        demo=args.demo,
+        verbose=args.verbose,
+    )
+
+
+def choose_run_folder(args: argparse.Namespace, config, csv_path: Path) -> Path:
+    """--out, else the unfinished run of the same command, else a new timestamped folder."""
+    from scalpnet.training import find_unfinished_run
+
+    if args.out is not None:
+        return args.out
+    if not args.fresh:
+        found = find_unfinished_run(RUNS, config, csv_path)
+        if found is not None:
+            return found
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return RUNS / (f"demo-{stamp}" if args.demo else stamp)
+
+
+def after_training(run_dir: Path, args: argparse.Namespace) -> None:
+    """Work on the finished run folder: evaluation and the OOD fit belong here."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        image_size = args.image_size or (DEMO_SIZE if args.demo else DEFAULT_SIZE)
+        if args.demo:
+            data = make_demo_data(DATA / "synthetic")
+        else:
+            data = args.data
+            if not data.exists():
+                raise_missing(data)
+        csv_path = prepare(
+            data,
+            processed_folder(args, image_size),
+            image_size,
+            args.split,
+            args.seed,
+            args.workers,
+        )
+        from dataclasses import replace
+
+        from scalpnet import training
+
+        config = train_config(args, image_size, RUNS / "pending")
+        config = replace(config, out_dir=choose_run_folder(args, config, csv_path))
+        print(f"training into {config.out_dir}", flush=True)
+        result = training.train(config, csv_path)
+        print(training.summary(result), flush=True)
+        after_training(result.run_dir, args)
+    except ScalpNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def raise_missing(data: Path) -> None:
+    from scalpnet.errors import DatasetError
+
+    raise DatasetError(
+        f"no dataset at '{data}'; expected the Kaggle 'Hair Diseases - Final' folder, a folder "
+        "of class folders, or a CSV (or use --demo for synthetic images)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
