@@ -87,19 +87,37 @@ def _quadrant_means(heat: np.ndarray) -> np.ndarray:
     )
 
 
+CORNERS = ((0.2, 0.2), (0.8, 0.2), (0.2, 0.8), (0.8, 0.8))  # (x, y) of quadrants 0..3
+
+
+def _best_learned_conditions(predictor: Predictor, k: int, seed: int = 7) -> list[int]:
+    """The k conditions the model tells apart best: own-class minus other-class probability."""
+    from scalpnet.synthetic import make_image
+
+    rng = np.random.default_rng(seed)
+    probs = np.zeros((10, 4, 10))  # (drawn condition, image, output)
+    for c in range(10):
+        images = [make_image(c, rng, size=(240, 320)) for _ in range(4)]
+        probs[c] = [p.raw_probabilities for p in predictor.predict_batch(images)]
+    separation = [probs[c, :, c].mean() - np.delete(probs[:, :, c], c, 0).mean() for c in range(10)]
+    return [int(c) for c in np.argsort(separation)[::-1][:k]]
+
+
 @pytest.mark.slow
-def test_heat_concentrates_where_the_condition_is_drawn(tiny_run):
-    """A trained model's heat for a condition drawn in the top-left corner is highest there."""
+def test_heat_follows_the_condition_to_the_corner_it_is_drawn_in(tiny_run):
+    """On the trained tiny run, for the conditions it has learned best, the heat is highest
+    in whichever quadrant the signature was drawn (chance: 1 in 4)."""
     from scalpnet.synthetic import make_image
 
     predictor = Predictor.load(tiny_run)
-    size = predictor.image_size
-    checked, hits = 0, 0
-    for condition in range(10):
-        rng = np.random.default_rng(100 + condition)
-        image = make_image(condition, rng, size=(size * 3, size * 3), where=(0.2, 0.2))
-        heat = predictor.explain(image, classes=[condition])[condition]
-        quadrants = _quadrant_means(heat)
-        checked += 1
-        hits += int(np.argmax(quadrants) == 0)
-    assert hits >= 0.7 * checked, f"heat in the drawn corner for only {hits} of {checked}"
+    hits, tried = [], 0
+    for condition in _best_learned_conditions(predictor, k=2):
+        for quadrant, where in enumerate(CORNERS):
+            for seed in range(2):
+                rng = np.random.default_rng(1000 * condition + 10 * quadrant + seed)
+                image = make_image(condition, rng, size=(240, 320), where=where)
+                heat = predictor.explain(image, classes=[condition])[condition]
+                tried += 1
+                if np.argmax(_quadrant_means(heat)) == quadrant:
+                    hits.append((condition, quadrant))
+    assert len(hits) >= 0.75 * tried, f"heat in the drawn quadrant for {len(hits)} of {tried}"
