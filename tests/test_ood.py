@@ -113,3 +113,14 @@ def test_fit_run_flags_non_scalp_images_far_more_often_than_validation(tiny_run,
     assert predictor.ood is not None
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)
     assert predictor.predict(noise).is_ood
+
+
+def test_whitener_inverts_the_covariance_and_survives_a_singular_one():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 6))
+    covariance = a @ a.T + np.eye(6)
+    w = ood._whitener(covariance)
+    np.testing.assert_allclose(w @ w.T, np.linalg.inv(covariance), atol=1e-8)
+    singular = ood._whitener(np.diag([1.0, 4.0, 0.0]))  # Cholesky fails: eigenvalue fallback
+    assert np.all(np.isfinite(singular))
+    np.testing.assert_allclose(np.diag(singular @ singular.T)[:2], [1.0, 0.25], atol=1e-9)
