@@ -3,8 +3,8 @@
     python benchmarks/bench_inference.py                 # 256 px, as served
     python benchmarks/bench_inference.py --size 64 --repeats 10 --no-onnx   # a quick check
 
-Single image, JPEG bytes in, batch 1, measured round-robin so machine noise hits every
-method alike:
+Single image, JPEG bytes in, batch 1, measured round-robin in a shuffled order so
+machine noise hits every method alike:
   - ``predictor``: ``Predictor.predict(bytes)``: decode + resize + blur + compiled forward
     (features and probabilities) + calibration + Prediction.
   - ``bare forward``: a ``tf.function`` of the Keras model on ready pixels (the floor).
@@ -112,7 +112,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         result = export_model(model, "onnx", tmp / "model.onnx")
         print(f"ONNX export {time.perf_counter() - t0:.0f} s, parity {result.max_abs_diff:.1e}")
-        session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # ORT's idle threads spin after each run by default, stealing the CPU from whatever
+        # is timed next in the round-robin; off, every method gets a quiet machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(
+            str(result.path), options, providers=["CPUExecutionProvider"]
+        )
         name = session.get_inputs()[0].name
         methods["onnxruntime forward"] = lambda i: session.run(None, {name: pixels})
 
@@ -120,10 +126,12 @@ def main(argv=None) -> int:
         for i in range(args.warmup):
             fn(i)
     times: dict[str, list[float]] = {label: [] for label in methods}
+    labels = list(methods)
     for i in range(args.repeats):
-        for label, fn in methods.items():
+        # A fresh order every round: no method always runs right after a heavy one.
+        for label in rng.permutation(labels):
             start = time.perf_counter()
-            fn(i)
+            methods[label](i)
             times[label].append((time.perf_counter() - start) * 1e3)
 
     split = [predictor.predict(photos[i % len(photos)]).timings_ms for i in range(5)]
