@@ -121,3 +121,14 @@ def test_heat_follows_the_condition_to_the_corner_it_is_drawn_in(tiny_run):
                 if np.argmax(_quadrant_means(heat)) == quadrant:
                     hits.append((condition, quadrant))
     assert len(hits) >= 0.75 * tried, f"heat in the drawn quadrant for {len(hits)} of {tried}"
+
+
+def test_explain_from_several_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = Predictor.load(model_file())  # fresh: the Grad-CAM helper is not built yet
+    rgb = photo(5)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        heats = list(pool.map(lambda _: predictor.explain(rgb, classes=[2])[2], range(4)))
+    for heat in heats[1:]:
+        np.testing.assert_allclose(heat, heats[0], atol=1e-6)
