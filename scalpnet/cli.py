@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scalpnet import __version__
-from scalpnet.errors import ConfigError, ScalpNetError
+from scalpnet.errors import ConfigError, ModelNotFoundError, ScalpNetError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -129,6 +129,15 @@ def _add_evaluate(verbs) -> Handler:
     return run
 
 
+def _require_model_source(run: str) -> None:
+    """Refuse a missing local model before TensorFlow is imported (its start-up chatter
+    would otherwise precede the one error line)."""
+    if "://" not in str(run) and not Path(run).exists():
+        raise ModelNotFoundError(
+            f"no run folder or .keras file at '{run}' (train one with 'python train.py --demo')"
+        )
+
+
 # --------------------------------------------------------------------------- predict
 def _add_predict(verbs) -> Handler:
     p = verbs.add_parser(
@@ -161,6 +170,7 @@ def _add_predict(verbs) -> Handler:
     )
 
     def run(args: argparse.Namespace) -> int:
+        _require_model_source(args.run)
         from scalpnet import inference
 
         config = inference.PredictConfig(
@@ -204,6 +214,7 @@ def _add_export(verbs) -> Handler:
     )
 
     def run(args: argparse.Namespace) -> int:
+        _require_model_source(args.run)
         from scalpnet import export
 
         config = export.ExportConfig(
