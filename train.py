@@ -2,6 +2,8 @@
 
     python train.py --data "PATH/Hair Diseases - Final"     # the Kaggle set
     python train.py --demo                                   # synthetic images, a few minutes
+    python train.py --data ... --strategy mirrored           # every local GPU
+    TF_CONFIG=... python train.py --data ... --out runs/x --strategy multiworker  # each machine
 
 Resume: a killed run continues when the SAME command is run again. With --out the run
 folder is the one given; without --out, train.py looks in runs/ for an unfinished run
@@ -22,10 +24,10 @@ RUNS = Path("runs")
 DATA = Path("data")
 DEFAULT_SIZE = 256
 # --demo: measured on a 2-core CPU (see the model card's note and README).
-DEMO_PER_CLASS = 100
+DEMO_PER_CLASS = 200
 DEMO_SIZE = 64
-DEMO_EPOCHS = (0, 12)
-DEMO_BATCH = 32
+DEMO_EPOCHS = (0, 10)
+DEMO_BATCH = 16
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -102,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "early stopping). With --weights none they add up to one whole-network phase. "
         f"Default: 5 30; {DEMO_EPOCHS[0]} {DEMO_EPOCHS[1]} with --demo",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step on EACH replica (device) (default 32); with --strategy a step "
+        "takes batch-size x replicas images (the global batch)",
+    )
     p.add_argument(
         "--head-lr",
         type=float,
@@ -140,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: kept frozen, better with small batches)",
     )
     p.add_argument(
-        "--no-augment",
-        action="store_true",
-        help="no random flips/rotation/zoom/contrast/brightness on training images",
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random flips, rotation, zoom, contrast and brightness on training images "
+        "(default: on; off with --demo, whose few epochs gain nothing from it)",
     )
     p.add_argument(
         "--cache",
@@ -169,6 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
         "re-splits 8:1:1; grouped keeps near-duplicate photos in one split",
     )
     p.add_argument("--workers", type=int, default=None, help="prepare's parallel workers")
+    p.add_argument(
+        "--strategy",
+        choices=["none", "mirrored", "multiworker"],
+        default="none",
+        help="none: one device; mirrored: tf.distribute.MirroredStrategy over every local GPU "
+        "(or --devices); multiworker: tf.distribute.MultiWorkerMirroredStrategy across the "
+        "machines named in the TF_CONFIG environment variable (run the same command on each; "
+        "only the chief writes the run folder)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="devices for --strategy mirrored: 'gpu:N' (first N GPUs), GPU indices like "
+        "'0,1', or 'cpu:N' (split the CPU into N logical devices; for tests). Default: all "
+        "local GPUs",
+    )
+    p.add_argument(
+        "--lr-scaling",
+        choices=["linear", "sqrt", "none"],
+        default="linear",
+        help="with R replicas the learning rates are multiplied by R (linear), sqrt(R), or "
+        "kept (none); they are set for one replica's batch",
+    )
     p.add_argument(
         "--verbose",
         type=int,
@@ -233,11 +266,14 @@ def train_config(args: argparse.Namespace, image_size: int, out: Path):
         patience=args.patience,
         monitor=args.monitor,
         train_bn=args.train_bn,
-        augment=not args.no_augment,
-        cache=args.cache,
+        augment=(not args.demo) if args.augment is None else args.augment,
+        cache=args.cache or args.demo,  # the demo set is small (about 20 MB at 64 px)
         deterministic=args.deterministic,
         demo=args.demo,
         verbose=args.verbose,
+        strategy=args.strategy,
+        devices=args.devices,
+        lr_scaling=args.lr_scaling,
     )
 
 
@@ -256,7 +292,28 @@ def choose_run_folder(args: argparse.Namespace, config, csv_path: Path) -> Path:
 
 
 def after_training(run_dir: Path, args: argparse.Namespace) -> None:
-    """Work on the finished run folder: evaluation and the OOD fit belong here."""
+    """Score the finished run on its test split, then fit its out-of-distribution model.
+
+    Evaluation fits the thresholds and calibration inference uses (on val) and writes
+    metrics.json and report.md; the OOD fit adds ood.npz and metrics.json["ood"].
+    """
+    import shlex
+
+    from scalpnet import evaluation, ood
+
+    command = "python " + shlex.join(sys.argv)
+    result = evaluation.evaluate_run(
+        run_dir, split="test", progress=args.verbose > 0, command=command
+    )
+    print(result.summary_table(), flush=True)
+    summary = ood.fit_run(run_dir)
+    print(
+        f"out-of-distribution check: {summary['val_pass_rate']:.0%} of validation images pass; "
+        f"{summary['probe_flagged_rate']:.0%} of {summary['probes']} non-scalp probes flagged "
+        f"(AUROC {summary['auroc_val_vs_probes']:.3f})",
+        flush=True,
+    )
+    print(f"report: {run_dir / 'report.md'}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ import pandas as pd
 import tensorflow as tf
 
 from scalpnet import dataset as data_module
+from scalpnet import distributed
 from scalpnet import labels as labels_module
 from scalpnet.errors import ConfigError, RunFolderError
 from scalpnet.model import backbone_layers, build_model, save_model
@@ -80,7 +81,8 @@ class TrainConfig:
     Attributes:
         out_dir: the run folder to write (and to resume from).
         image_size: side S of the processed images (the pipeline never resizes).
-        batch_size: images per step.
+        batch_size: images per step on each replica (device); a step of a distributed run
+            takes ``batch_size x replicas`` images (the global batch).
         head_epochs / finetune_epochs: epochs per phase (upper bounds: early stopping).
         head_lr / finetune_lr: peak learning rates (cosine decay within a phase).
         dropout: before the sigmoid head.
@@ -96,6 +98,12 @@ class TrainConfig:
         deterministic: ``tf.config.experimental.enable_op_determinism()`` (slower).
         demo: the run is the synthetic demo; the card says so.
         verbose: Keras progress output (0 silent, 1 bars, 2 one line per epoch).
+        strategy: "none", "mirrored" (local GPUs) or "multiworker" (machines named by
+            ``TF_CONFIG``); see :mod:`scalpnet.distributed`.
+        devices: which devices "mirrored" uses ("gpu:N", "0,1", or "cpu:N" to split the
+            CPU for tests); None for all local GPUs.
+        lr_scaling: how learning rates grow with the replicas: "linear" (x replicas),
+            "sqrt" or "none".
     """
 
     out_dir: Path = Path("runs/run")
@@ -118,6 +126,9 @@ class TrainConfig:
     deterministic: bool = False
     demo: bool = False
     verbose: int | str = "auto"
+    strategy: str = "none"
+    devices: str | None = None
+    lr_scaling: str = "linear"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (paths as strings)."""
@@ -172,6 +183,11 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("at least one epoch of training is needed")
     if config.patience < 1:
         raise ConfigError(f"patience must be at least 1, got {config.patience}")
+    if config.strategy not in distributed.STRATEGIES:
+        raise ConfigError(
+            f"strategy must be one of {', '.join(distributed.STRATEGIES)}; got {config.strategy!r}"
+        )
+    distributed.lr_factor(config.lr_scaling, 1)  # raises ConfigError for an unknown rule
     if not config.monitor.startswith("val_"):
         raise ConfigError(
             f"monitor must be a validation metric such as val_auc, got {config.monitor!r}"
@@ -183,18 +199,20 @@ def pretrained(config: TrainConfig) -> bool:
     return str(config.weights).lower() != "none"
 
 
-def plan_phases(config: TrainConfig) -> list[Phase]:
-    """The phases to run, in order (see the module docstring)."""
+def plan_phases(config: TrainConfig, lr_factor: float = 1.0) -> list[Phase]:
+    """The phases to run, in order (see the module docstring).
+
+    ``lr_factor`` multiplies the learning rates (see :func:`scalpnet.distributed.lr_factor`).
+    """
+    head_lr, finetune_lr = config.head_lr * lr_factor, config.finetune_lr * lr_factor
     if not pretrained(config):
         epochs = config.head_epochs + config.finetune_epochs
-        return [Phase("scratch", epochs, config.head_lr, train_backbone=True, train_bn=True)]
+        return [Phase("scratch", epochs, head_lr, train_backbone=True, train_bn=True)]
     phases = []
     if config.head_epochs:
-        phases.append(Phase("head", config.head_epochs, config.head_lr, False, False))
+        phases.append(Phase("head", config.head_epochs, head_lr, False, False))
     if config.finetune_epochs:
-        phases.append(
-            Phase("finetune", config.finetune_epochs, config.finetune_lr, True, config.train_bn)
-        )
+        phases.append(Phase("finetune", config.finetune_epochs, finetune_lr, True, config.train_bn))
     return phases
 
 
@@ -322,7 +340,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
     """``history.csv`` as written so far; one row per epoch (a re-run epoch keeps its last row).
 
     The ``epoch`` column is Keras's 0-based epoch index while training; :func:`train`
-    rewrites it counted from 1 when the run finishes.
+    rewrites the file counted from 1, with a ``phase`` column, when the run finishes (such
+    a file is read back 0-based, so finishing again is harmless).
     """
     path = run_dir / HISTORY
     if not path.is_file() or path.stat().st_size == 0:
@@ -332,6 +351,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     history = history.dropna(subset=["epoch"])
     history["epoch"] = history["epoch"].astype(int)
+    if "phase" in history:  # already rewritten by a finish that was then interrupted
+        history = history.drop(columns="phase").assign(epoch=history["epoch"] - 1)
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
@@ -445,15 +466,33 @@ def fit_phase(
     val_data: tf.data.Dataset,
     callbacks: list[keras.callbacks.Callback],
     config: TrainConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    phase_index: int = 0,
 ) -> None:
     """Run (or continue) one phase's epochs ``start .. start + phase.epochs - 1`` with ``fit``.
 
-    This is the one place that iterates over batches; a distribution strategy that
-    cannot use ``fit`` replaces this function with a custom loop.
+    This is the one place that iterates over batches; under MultiWorkerMirroredStrategy,
+    where Keras's ``fit`` fails, :func:`scalpnet.distributed.custom_fit` runs the same
+    epochs with the same callbacks.
     """
     # BackupAndRestore sets model._initial_epoch when it restores, and Keras never
     # resets it: clear it so a later phase starts at its own first epoch.
     model._initial_epoch = None
+    if distributed.is_multiworker(strategy):
+        distributed.custom_fit(
+            model,
+            train_data,
+            strategy=strategy,
+            make_metrics=make_metrics,
+            validation_data=val_data,
+            epochs=start + phase.epochs,
+            initial_epoch=start,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            jit=config.jit,
+            phase_index=phase_index,
+        )
+        return
     model.fit(
         train_data,
         validation_data=val_data,
@@ -486,13 +525,24 @@ def train(
         RunFolderError: ``out_dir`` holds something else (another run, other files).
         DatasetError: see :func:`scalpnet.dataset.make_dataset`.
         WeightsUnavailableError: the requested weights cannot be loaded.
+
+    ``strategy`` (default: made from ``config.strategy``, first, before any TensorFlow
+    work): model and optimizer are built in its scope; a non-chief worker of a multi-worker
+    run writes into a temporary folder of its own, deleted at the end (see
+    :mod:`scalpnet.distributed`).
     """
     check_config(config)
+    if strategy is None:
+        strategy = distributed.make_strategy(config.strategy, config.devices)
+    n_replicas = distributed.replicas(strategy)
     csv_path = Path(csv_path).resolve()
+    stamp = fingerprint(config, csv_path)
+    chief_dir = Path(config.out_dir)
+    if not distributed.is_chief(strategy):
+        config = dataclasses.replace(config, out_dir=distributed.worker_run_dir(stamp, strategy))
     run_dir = Path(config.out_dir)
     print_ = (lambda *a: None) if config.verbose == 0 else print
     state = _RunState(run_dir)
-    stamp = fingerprint(config, csv_path)
 
     finished = _finished_result(run_dir, stamp)
     if finished is not None:
@@ -503,7 +553,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    make = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed)
+    make = dict(
+        image_size=config.image_size, batch_size=config.batch_size * n_replicas, seed=config.seed
+    )
     train_data = data_module.make_dataset(
         csv_path,
         "train",
@@ -526,13 +578,22 @@ def train(
         # Weights of an interrupted run come back from its checkpoints; a fresh start or a
         # restart before the first backup begins from the same seeded initialisation.
         initialise_for_training(model, config)
+    if n_replicas > 1:
+        distributed.synchronize_batchnorm(model)  # replicas' moving statistics stay equal
     if resumed:
         print_(f"resuming the unfinished run in {run_dir}")
     else:
         _start_run_folder(run_dir, state, stamp, config, csv_path)
-    phases = plan_phases(config)
+    state.data["distribution"] = {
+        "strategy": config.strategy,
+        "replicas": n_replicas,
+        "global_batch_size": config.batch_size * n_replicas,
+        "lr_factor": distributed.lr_factor(config.lr_scaling, n_replicas),
+        "synchronized_batchnorm": n_replicas > 1,
+    }
+    phases = plan_phases(config, state.data["distribution"]["lr_factor"])
     start, epochs_run, previous = 0, 0, None
-    for phase in phases:
+    for index, phase in enumerate(phases):
         done = state.data["phases"].get(phase.name)
         if done is not None:
             start, previous = done["end"], phase
@@ -545,7 +606,7 @@ def train(
                 compile_for_phase(model, phase, config, steps)
             callbacks = make_callbacks(run_dir, state, phase, start, config)
             before = len(history)
-            fit_phase(model, phase, start, train_data, val_data, callbacks, config)
+            fit_phase(model, phase, start, train_data, val_data, callbacks, config, strategy, index)
             epochs_run += len(read_history(run_dir)) - before
         end = start + len(_phase_rows(read_history(run_dir), start))
         _load_best(model, state)
@@ -555,7 +616,13 @@ def train(
         shutil.rmtree(state.backup_dir(phase), ignore_errors=True)
         start, previous = end, phase
 
-    return _finish(model, config, csv_path, state, phases, val_data, resumed, epochs_run, scope)
+    result = _finish(
+        model, config, csv_path, state, phases, val_data, resumed, epochs_run, strategy
+    )
+    if run_dir != chief_dir:  # a non-chief worker: its copy of the run is not kept
+        shutil.rmtree(run_dir, ignore_errors=True)
+        result = dataclasses.replace(result, run_dir=chief_dir)
+    return result
 
 
 def _phase_rows(history: pd.DataFrame, start: int) -> pd.DataFrame:
@@ -660,7 +727,7 @@ def _finish(
     val_data: tf.data.Dataset,
     resumed: bool,
     epochs_run: int,
-    scope,
+    strategy: tf.distribute.Strategy | None,
 ) -> TrainResult:
     """Save the best model, rewrite history.csv, draw curves, write the card, clean up."""
     run_dir = Path(config.out_dir)
@@ -687,9 +754,15 @@ def _finish(
     ]
     best_epoch = int(best_row["epoch"])
 
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
     with scope():
         model.compile(loss=keras.losses.BinaryCrossentropy(), metrics=make_metrics())
-    raw = model.evaluate(val_data, verbose=0, return_dict=True)
+    if distributed.is_multiworker(strategy):
+        raw = distributed.evaluate(
+            model, val_data, strategy=strategy, make_metrics=make_metrics, final_check=10**9
+        )
+    else:
+        raw = model.evaluate(val_data, verbose=0, return_dict=True)
     val_metrics = {k: float(v) for k, v in raw.items()}
 
     save_model(model, run_dir / MODEL)
@@ -793,6 +866,7 @@ def model_card(
             )
         ),
         epochs_counted_from=1,
+        distribution=state.data.get("distribution"),
         started=state.data.get("created"),
     )
     card = {

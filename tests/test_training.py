@@ -128,6 +128,23 @@ def test_history_reading_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     assert training.phase_finished(longer, phase, 0, config)  # patience 2 used up
 
 
+def test_a_finished_history_is_read_back_zero_based(tmp_path):
+    """A kill after history.csv was rewritten (1-based, with phases) must not shift it again."""
+    (tmp_path / "history.csv").write_text("epoch,phase,loss\n1,head,0.9\n2,finetune,0.8\n")
+    history = training.read_history(tmp_path)
+    assert history["epoch"].tolist() == [0, 1] and "phase" not in history
+
+
+def test_mixed_float16_gets_loss_scaling_and_a_float32_head():
+    config = training.TrainConfig(weights="none", precision="mixed_float16", head_epochs=0)
+    net = build_model(32, weights=None, dtype_policy=config.precision)
+    (phase,) = training.plan_phases(config)
+    training.compile_for_phase(net, phase, config, steps_per_epoch=3)
+    assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert net.get_layer("conv1_conv").compute_dtype == "float16"
+    assert net.get_layer("predictions").compute_dtype == "float32"
+
+
 # --------------------------------------------------------------------------- the tiny run
 def test_tiny_run_folder_is_complete(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
