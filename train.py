@@ -313,7 +313,6 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
         f"(AUROC {summary['auroc_val_vs_probes']:.3f})",
         flush=True,
     )
-    print(f"report: {run_dir / 'report.md'}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
