@@ -29,8 +29,11 @@ TEMPERATURES = tuple(0.5 + 0.3 * i for i in range(len(KEYS)))
 @functools.cache
 def model_file(size: int = SIZE) -> Path:
     """A saved untrained ScalpNet model at ``size`` px, made once per process."""
+    import keras
+
     from scalpnet.model import build_model, save_model
 
+    keras.utils.set_random_seed(size)  # the same weights in every test process
     folder = Path(tempfile.mkdtemp(prefix="scalpnet-test-model-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return save_model(build_model(image_size=size, weights=None), folder / "model.keras")
