@@ -342,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"training into {config.out_dir}", flush=True)
         result = training.train(config, csv_path)
         print(training.summary(result), flush=True)
-        after_training(result.run_dir, args)
+        if result.chief:  # a multi-worker run's other workers leave the run folder alone
+            after_training(result.run_dir, args)
     except ScalpNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

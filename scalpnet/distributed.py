@@ -265,6 +265,8 @@ def check_agreement(strategy: tf.distribute.Strategy, what: str, value: int) -> 
     A collective: every worker must call it at the same point. Used where workers that
     resumed from different checkpoints would otherwise wait for each other forever.
     """
+    if not is_multiworker(strategy):
+        return  # one process cannot disagree with itself
     position, n_workers = _worker_position(strategy)
     local = tf.one_hot(position, n_workers, dtype=tf.float64) * float(value)
     # Each of this worker's replicas adds its share; the sum over all replicas puts
@@ -273,7 +275,9 @@ def check_agreement(strategy: tf.distribute.Strategy, what: str, value: int) -> 
 
     @tf.function
     def gather():
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: share), axis=None)
+        return strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(share)), axis=None
+        )
 
     values = [round(float(v)) for v in gather().numpy()]
     if len(set(values)) > 1:

@@ -163,6 +163,8 @@ class TrainResult:
     already_complete: bool = False  # the run folder was already finished; nothing trained
     epochs_run: int = 0
     phases: list[dict] = field(default_factory=list)
+    # False on a non-chief worker of a multi-worker run: the chief wrote run_dir.
+    chief: bool = True
 
 
 # --------------------------------------------------------------------------- plan
@@ -621,7 +623,7 @@ def train(
     )
     if run_dir != chief_dir:  # a non-chief worker: its copy of the run is not kept
         shutil.rmtree(run_dir, ignore_errors=True)
-        result = dataclasses.replace(result, run_dir=chief_dir)
+        result = dataclasses.replace(result, run_dir=chief_dir, chief=False)
     return result
 
 
@@ -959,6 +961,8 @@ def summary(result: TrainResult) -> str:
         if result.already_complete
         else ("resumed and finished" if result.resumed else "finished")
     )
+    if not result.chief:
+        state += "; written by the chief worker"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.val_metrics.items()))
     return "\n".join(
         [
