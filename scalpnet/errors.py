@@ -6,7 +6,7 @@ class ScalpNetError(Exception):
 
 
 class InvalidImageError(ScalpNetError):
-    """A file or upload could not be read as an image (empty, truncated, not an image, too large)."""
+    """A file or upload is not a readable image (empty, truncated, not an image, too large)."""
 
 
 class DatasetError(ScalpNetError):
