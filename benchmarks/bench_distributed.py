@@ -1,0 +1,262 @@
+"""Training throughput under tf.distribute: one device against several, in the same run.
+
+    python benchmarks/bench_distributed.py                          # CPU section (+ GPU if any)
+    python benchmarks/bench_distributed.py --image-size 32 --steps 4 --repeats 1   # quick check
+
+CPU section (always; GPUs hidden): the physical CPU is split into ``--cpu-devices``
+logical devices (the way the tests simulate several GPUs) and the ScalpNet model
+(ResNet50, random weights, BatchNorm training) is trained at the same GLOBAL batch by
+  - ``1 device``: Keras ``fit`` without a strategy (the baseline);
+  - ``mirrored, fit``: ``MirroredStrategy`` over the logical devices, synchronised
+    BatchNorm, Keras ``fit`` (what ``--strategy mirrored`` runs);
+  - ``mirrored, custom loop``: the same strategy driven by ``distributed.custom_fit``
+    (the ``strategy.run`` loop that ``--strategy multiworker`` runs), for its overhead.
+Logical CPU devices share the same cores, so they cannot be faster: the ratio shows the
+cost of the replication (per-replica graphs, all-reduces), not a speed-up.
+
+GPU section (only when TensorFlow sees a GPU): images/s on ONE GPU at 256 px with
+float32, mixed_float16, XLA (``jit_compile``), and both; plus ``MirroredStrategy`` over
+all GPUs when there are several.
+
+Each row: a fresh model trained for 1 + ``--repeats`` epochs of ``--steps`` steps on
+in-memory batches; the first epoch (tracing) is dropped and the best of the others is
+reported (images/s = steps x global batch / seconds). Each section runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _data(tf, image_size: int, batch: int, seed: int = 0):
+    """Endless in-memory batches of (uint8 (B, S, S, 3), float32 (B, 10) one-hot)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = batch * 4
+    images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch, drop_remainder=True)
+    return data.repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def _measure(strategy, args, batch: int, precision=None, jit=False, loop="fit") -> float:
+    """Best images/s over ``args.repeats`` timed epochs of ``args.steps`` steps (after one
+    warm-up epoch)."""
+    import keras
+    import tensorflow as tf
+
+    from scalpnet import distributed, training
+    from scalpnet.model import build_model
+
+    keras.utils.set_random_seed(0)
+    config = training.TrainConfig(
+        image_size=args.image_size, weights="none", precision=precision, jit=jit, verbose=0
+    )
+    phase = training.plan_phases(config)[0]
+    scope = strategy.scope() if strategy is not None else _null()
+    with scope:
+        model = build_model(args.image_size, weights=None, dropout=0.0, dtype_policy=precision)
+        training.compile_for_phase(model, phase, config, args.steps * (args.repeats + 1))
+    if distributed.replicas(strategy) > 1:
+        distributed.synchronize_batchnorm(model)
+    data = _data(tf, args.image_size, batch)
+    timer = _epoch_timer()
+    epochs = args.repeats + 1  # the first one traces and warms up
+    if loop == "fit":
+        model.fit(data, epochs=epochs, steps_per_epoch=args.steps, callbacks=[timer], verbose=0)
+    else:
+        distributed.custom_fit(
+            model,
+            data.take(args.steps),
+            strategy=strategy,
+            make_metrics=training.make_metrics,
+            epochs=epochs,
+            callbacks=[timer],
+            verbose=0,
+            jit=jit,
+        )
+    return args.steps * batch / min(timer.seconds[1:])
+
+
+def _epoch_timer():
+    """A Keras callback recording seconds per epoch (works under fit and custom_fit)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def cpu_section(args) -> list[dict]:
+    from scalpnet import distributed
+
+    n = args.cpu_devices
+    strategy = distributed.make_strategy("mirrored", f"cpu:{n}")
+    rows = [
+        {"run": "1 device (no strategy)", "replicas": 1, "loop": "fit"},
+        {"run": f"mirrored over {n} logical CPUs", "replicas": n, "loop": "fit"},
+        {"run": f"mirrored over {n} logical CPUs", "replicas": n, "loop": "custom"},
+    ]
+    for row in rows:
+        chosen = None if row["replicas"] == 1 else strategy
+        row["batch"] = args.batch
+        row["images_per_s"] = _measure(chosen, args, args.batch, loop=row["loop"])
+    return rows
+
+
+def gpu_section(args) -> list[dict]:
+    import tensorflow as tf
+
+    from scalpnet import distributed
+
+    gpus = tf.config.list_physical_devices("GPU")
+    one = tf.distribute.OneDeviceStrategy("/gpu:0")
+    out = []
+    settings = ((None, False), ("mixed_float16", False), (None, True), ("mixed_float16", True))
+    for precision, jit in settings:
+        ips = _measure(one, args, args.gpu_batch, precision=precision, jit=jit)
+        out.append(
+            {
+                "run": f"1 GPU, {precision or 'float32'}{', XLA' if jit else ''}",
+                "replicas": 1,
+                "loop": "fit",
+                "batch": args.gpu_batch,
+                "images_per_s": ips,
+            }
+        )
+    if len(gpus) > 1:
+        strategy = distributed.make_strategy("mirrored")
+        batch = args.gpu_batch * len(gpus)
+        ips = _measure(strategy, args, batch, precision="mixed_float16")
+        out.append(
+            {
+                "run": f"mirrored over {len(gpus)} GPUs, mixed_float16",
+                "replicas": len(gpus),
+                "loop": "fit",
+                "batch": batch,
+                "images_per_s": ips,
+            }
+        )
+    return out
+
+
+def _device_name() -> str:
+    import platform
+
+    try:
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        gpu = ""
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu})" + (
+        f"; GPU: {gpu.replace(chr(10), ', ')}" if gpu else ""
+    )
+
+
+def _run_section(section: str, argv: list[str], hide_gpus: bool) -> list[dict]:
+    env = dict(os.environ)
+    if hide_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    result = subprocess.run(
+        [sys.executable, __file__, "--section", section, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"{section} section failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1])["rows"]
+
+
+def _gpu_visible() -> bool:
+    probe = "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.strip().splitlines()[-1:] != ["0"]
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    base = rows[0]["images_per_s"]
+    print(f"\n{title}")
+    print(f"{'run':<42}{'loop':>8}{'replicas':>10}{'global batch':>14}{'images/s':>11}{'ratio':>8}")
+    for row in rows:
+        print(
+            f"{row['run']:<42}{row['loop']:>8}{row['replicas']:>10}{row['batch']:>14}"
+            f"{row['images_per_s']:>11.1f}{row['images_per_s'] / base:>8.2f}"
+        )
+    print("(ratio: images/s / first row's images/s)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=64, help="CPU section image side")
+    parser.add_argument("--batch", type=int, default=16, help="CPU section global batch")
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row (best)")
+    parser.add_argument("--cpu-devices", type=int, default=2, help="logical CPU devices")
+    parser.add_argument("--gpu-size", type=int, default=256, help="GPU section image side")
+    parser.add_argument("--gpu-batch", type=int, default=32, help="GPU section batch per GPU")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU section")
+    parser.add_argument("--section", choices=["cpu", "gpu"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.section == "cpu":
+        print(json.dumps({"rows": cpu_section(args)}))
+        return 0
+    if args.section == "gpu":
+        args.image_size = args.gpu_size
+        print(json.dumps({"rows": gpu_section(args)}))
+        return 0
+
+    passthrough = sys.argv[1:] if argv is None else list(argv)
+    print(f"machine: {_device_name()}")
+    cpu_rows = _run_section("cpu", passthrough, hide_gpus=True)
+    _print_table(
+        f"CPU: ScalpNet training, {args.image_size} px, global batch {args.batch}, "
+        f"{args.steps} steps x best of {args.repeats}",
+        cpu_rows,
+    )
+    if not args.no_gpu and _gpu_visible():
+        gpu_rows = _run_section("gpu", passthrough, hide_gpus=False)
+        _print_table(
+            f"GPU: ScalpNet training, {args.gpu_size} px, batch {args.gpu_batch} per GPU", gpu_rows
+        )
+    else:
+        print("\nGPU: none visible; GPU section skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
