@@ -9,8 +9,9 @@ logical devices (the way the tests simulate several GPUs) and the ScalpNet model
   - ``1 device``: Keras ``fit`` without a strategy (the baseline);
   - ``mirrored, fit``: ``MirroredStrategy`` over the logical devices, synchronised
     BatchNorm, Keras ``fit`` (what ``--strategy mirrored`` runs);
-  - ``mirrored, custom loop``: the same strategy driven by ``distributed.custom_fit``
-    (the ``strategy.run`` loop that ``--strategy multiworker`` runs), for its overhead.
+  - ``mirrored, custom loop``: the same strategy driven by the steps of
+    ``distributed.custom_fit`` (the ``strategy.run`` loop that ``--strategy multiworker``
+    runs), for its overhead against ``fit``.
 Logical CPU devices share the same cores, so they cannot be faster: the ratio shows the
 cost of the replication (per-replica graphs, all-reduces), not a speed-up.
 
@@ -18,9 +19,11 @@ GPU section (only when TensorFlow sees a GPU): images/s on ONE GPU at 256 px wit
 float32, mixed_float16, XLA (``jit_compile``), and both; plus ``MirroredStrategy`` over
 all GPUs when there are several.
 
-Each row: a fresh model trained for 1 + ``--repeats`` epochs of ``--steps`` steps on
-in-memory batches; the first epoch (tracing) is dropped and the best of the others is
-reported (images/s = steps x global batch / seconds). Each section runs in its own process.
+Each row: a fresh model, traced and warmed up by one untimed epoch; then ``--repeats``
+timed epochs of ``--steps`` steps on in-memory batches, taken in turns across the rows
+(so machine noise hits every row alike). Only the time inside the training steps is
+counted (images/s = steps x global batch / seconds); the best epoch and the median are
+reported. Each section runs in its own process.
 """
 
 from __future__ import annotations
@@ -49,62 +52,89 @@ def _data(tf, image_size: int, batch: int, seed: int = 0):
     return data.repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def _measure(strategy, args, batch: int, precision=None, jit=False, loop="fit") -> float:
-    """Best images/s over ``args.repeats`` timed epochs of ``args.steps`` steps (after one
-    warm-up epoch)."""
-    import keras
-    import tensorflow as tf
+class _Row:
+    """One configuration: a fresh model, traced and warmed up on construction."""
 
-    from scalpnet import distributed, training
-    from scalpnet.model import build_model
+    def __init__(self, strategy, args, batch: int, precision=None, jit=False, loop="fit"):
+        import keras
+        import tensorflow as tf
 
-    keras.utils.set_random_seed(0)
-    config = training.TrainConfig(
-        image_size=args.image_size, weights="none", precision=precision, jit=jit, verbose=0
-    )
-    phase = training.plan_phases(config)[0]
-    scope = strategy.scope() if strategy is not None else _null()
-    with scope:
-        model = build_model(args.image_size, weights=None, dropout=0.0, dtype_policy=precision)
-        training.compile_for_phase(model, phase, config, args.steps * (args.repeats + 1))
-    if distributed.replicas(strategy) > 1:
-        distributed.synchronize_batchnorm(model)
-    data = _data(tf, args.image_size, batch)
-    timer = _epoch_timer()
-    epochs = args.repeats + 1  # the first one traces and warms up
-    if loop == "fit":
-        model.fit(data, epochs=epochs, steps_per_epoch=args.steps, callbacks=[timer], verbose=0)
-    else:
-        distributed.custom_fit(
-            model,
-            data.take(args.steps),
-            strategy=strategy,
-            make_metrics=training.make_metrics,
-            epochs=epochs,
-            callbacks=[timer],
-            verbose=0,
-            jit=jit,
+        from scalpnet import distributed, training
+        from scalpnet.model import build_model
+
+        self.steps, self.batch, self.loop = args.steps, batch, loop
+        keras.utils.set_random_seed(0)
+        config = training.TrainConfig(
+            image_size=args.image_size, weights="none", precision=precision, jit=jit, verbose=0
         )
-    return args.steps * batch / min(timer.seconds[1:])
+        phase = training.plan_phases(config)[0]
+        with strategy.scope() if strategy is not None else _null():
+            model = build_model(args.image_size, weights=None, dropout=0.0, dtype_policy=precision)
+            training.compile_for_phase(model, phase, config, args.steps * (args.repeats + 2))
+        if distributed.replicas(strategy) > 1:
+            distributed.synchronize_batchnorm(model)
+        self.model = model
+        self.data = _data(tf, args.image_size, batch)
+        if loop == "custom":
+            # What distributed.custom_fit runs for each epoch, without its callbacks.
+            self.run = distributed._Steps(model, strategy, training.make_metrics, jit)
+            self.iterator = iter(strategy.experimental_distribute_dataset(self.data))
+        self.timer = _step_timer()
+        self.seconds: list[float] = []
+        self.epoch(keep=False)  # tracing and warm-up
+
+    def epoch(self, keep: bool = True) -> None:
+        """Train ``steps`` steps; keep the seconds spent inside the steps."""
+        if self.loop == "fit":
+            self.timer.total = 0.0
+            self.model.fit(
+                self.data, epochs=1, steps_per_epoch=self.steps, callbacks=[self.timer], verbose=0
+            )
+            seconds = self.timer.total
+        else:
+            self.run.reset()
+            start = time.perf_counter()
+            for _ in range(self.steps):
+                self.run.train_fn(self.iterator)
+            self.run.loss()  # waits for the last step
+            seconds = time.perf_counter() - start
+        if keep:
+            self.seconds.append(seconds)
+
+    def images_per_s(self) -> tuple[float, float]:
+        """(best, median) over the kept epochs."""
+        import numpy as np
+
+        rates = self.steps * self.batch / np.asarray(self.seconds)
+        return float(rates.max()), float(np.median(rates))
 
 
-def _epoch_timer():
-    """A Keras callback recording seconds per epoch (works under fit and custom_fit)."""
+def _step_timer():
+    """A Keras callback summing the seconds spent inside training steps."""
     import keras
 
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-            self._start = 0.0
+    class StepTimer(keras.callbacks.Callback):
+        total = 0.0
+        _start = 0.0
 
-        def on_epoch_begin(self, epoch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):
             self._start = time.perf_counter()
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
+        def on_train_batch_end(self, batch, logs=None):
+            self.total += time.perf_counter() - self._start
 
-    return EpochTimer()
+    return StepTimer()
+
+
+def _round_robin(rows: list[dict], built: list[_Row], repeats: int) -> list[dict]:
+    """Timed epochs taken in turns, so machine noise hits every row alike."""
+    for _ in range(repeats):
+        for row in built:
+            row.epoch()
+    for row, run in zip(rows, built, strict=True):
+        row["images_per_s"], row["median"] = run.images_per_s()
+        row["batch"] = run.batch
+    return rows
 
 
 class _null:
@@ -125,11 +155,11 @@ def cpu_section(args) -> list[dict]:
         {"run": f"mirrored over {n} logical CPUs", "replicas": n, "loop": "fit"},
         {"run": f"mirrored over {n} logical CPUs", "replicas": n, "loop": "custom"},
     ]
-    for row in rows:
-        chosen = None if row["replicas"] == 1 else strategy
-        row["batch"] = args.batch
-        row["images_per_s"] = _measure(chosen, args, args.batch, loop=row["loop"])
-    return rows
+    built = [
+        _Row(None if row["replicas"] == 1 else strategy, args, args.batch, loop=row["loop"])
+        for row in rows
+    ]
+    return _round_robin(rows, built, args.repeats)
 
 
 def gpu_section(args) -> list[dict]:
@@ -139,33 +169,22 @@ def gpu_section(args) -> list[dict]:
 
     gpus = tf.config.list_physical_devices("GPU")
     one = tf.distribute.OneDeviceStrategy("/gpu:0")
-    out = []
-    settings = ((None, False), ("mixed_float16", False), (None, True), ("mixed_float16", True))
-    for precision, jit in settings:
-        ips = _measure(one, args, args.gpu_batch, precision=precision, jit=jit)
-        out.append(
-            {
-                "run": f"1 GPU, {precision or 'float32'}{', XLA' if jit else ''}",
-                "replicas": 1,
-                "loop": "fit",
-                "batch": args.gpu_batch,
-                "images_per_s": ips,
-            }
-        )
+    rows, built = [], []
+    for precision, jit in (
+        (None, False),
+        ("mixed_float16", False),
+        (None, True),
+        ("mixed_float16", True),
+    ):
+        name = f"1 GPU, {precision or 'float32'}{', XLA' if jit else ''}"
+        rows.append({"run": name, "replicas": 1, "loop": "fit"})
+        built.append(_Row(one, args, args.gpu_batch, precision=precision, jit=jit))
     if len(gpus) > 1:
         strategy = distributed.make_strategy("mirrored")
-        batch = args.gpu_batch * len(gpus)
-        ips = _measure(strategy, args, batch, precision="mixed_float16")
-        out.append(
-            {
-                "run": f"mirrored over {len(gpus)} GPUs, mixed_float16",
-                "replicas": len(gpus),
-                "loop": "fit",
-                "batch": batch,
-                "images_per_s": ips,
-            }
-        )
-    return out
+        name = f"mirrored over {len(gpus)} GPUs, mixed_float16"
+        rows.append({"run": name, "replicas": len(gpus), "loop": "fit"})
+        built.append(_Row(strategy, args, args.gpu_batch * len(gpus), precision="mixed_float16"))
+    return _round_robin(rows, built, args.repeats)
 
 
 def _device_name() -> str:
@@ -211,13 +230,16 @@ def _gpu_visible() -> bool:
 def _print_table(title: str, rows: list[dict]) -> None:
     base = rows[0]["images_per_s"]
     print(f"\n{title}")
-    print(f"{'run':<42}{'loop':>8}{'replicas':>10}{'global batch':>14}{'images/s':>11}{'ratio':>8}")
+    print(
+        f"{'run':<42}{'loop':>8}{'replicas':>10}{'global batch':>14}{'images/s':>11}"
+        f"{'median':>9}{'ratio':>8}"
+    )
     for row in rows:
         print(
             f"{row['run']:<42}{row['loop']:>8}{row['replicas']:>10}{row['batch']:>14}"
-            f"{row['images_per_s']:>11.1f}{row['images_per_s'] / base:>8.2f}"
+            f"{row['images_per_s']:>11.1f}{row['median']:>9.1f}{row['images_per_s'] / base:>8.2f}"
         )
-    print("(ratio: images/s / first row's images/s)")
+    print("(images/s: best timed epoch; ratio: best / first row's best)")
 
 
 def main(argv=None) -> int:

@@ -221,6 +221,22 @@ def lr_factor(rule: str, n_replicas: int) -> float:
     return 1.0
 
 
+def check_jit(jit: bool, n_replicas: int) -> None:
+    """Raise ConfigError for XLA (``--jit``) with more than one replica.
+
+    Keras 3 compiles the whole distributed step, ``strategy.run`` included, and XLA then
+    fails ("Trying to access resource ... located in device ... from device ...", and
+    "Collectives are not yet implemented for CPU devices when compiling with XLA");
+    compiling only the per-replica step is impossible with synchronised BatchNorm, whose
+    statistics are all-reduced inside the forward pass.
+    """
+    if jit and n_replicas > 1:
+        raise ConfigError(
+            f"--jit (XLA) works on one device only; this run has {n_replicas} replicas. "
+            "Drop --jit (mixed precision still works) or train on one device"
+        )
+
+
 def synchronize_batchnorm(model: keras.Model) -> int:
     """Make every BatchNorm layer compute batch statistics over the global batch.
 
@@ -308,8 +324,13 @@ class _Steps:
             self.metrics = [keras.metrics.Mean(name="loss"), *make_metrics()]
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-        self.train_fn = tf.function(self._train, jit_compile=jit, reduce_retracing=True)
-        self.test_fn = tf.function(self._test, jit_compile=jit, reduce_retracing=True)
+        # As in Keras's fit: the per-replica step (XLA-compiled with --jit) is called from
+        # a graph that also takes the next batch from the iterator, so batches are split
+        # and placed on the replicas inside TensorFlow, not from Python.
+        train_step = tf.function(self._train, jit_compile=jit, reduce_retracing=True)
+        test_step = tf.function(self._test, jit_compile=jit, reduce_retracing=True)
+        self.train_fn = tf.function(lambda iterator: train_step(next(iterator)))
+        self.test_fn = tf.function(lambda iterator: test_step(next(iterator)))
         # Reading a metric reduces its per-replica state: a collective under multiworker,
         # far cheaper inside a graph than eagerly.
         self._results = tf.function(lambda: {m.name: m.result() for m in self.metrics})
@@ -363,11 +384,21 @@ class _Steps:
     def _test(self, batch):
         self.strategy.run(self._replica_test, args=batch)
 
-    def evaluate(self, data) -> dict[str, float]:
+    def evaluate(self, data, steps: int) -> dict[str, float]:
+        """Metrics over ``steps`` batches of a distributed dataset."""
         self.reset()
-        for batch in data:
-            self.test_fn(batch)
+        iterator = iter(data)
+        for _ in range(steps):
+            self.test_fn(iterator)
         return self.results()
+
+
+def _steps(data: tf.data.Dataset) -> int:
+    """Batches per epoch; our datasets (lists of files) always know it."""
+    steps = int(data.cardinality())
+    if steps < 0:
+        raise ValueError("the custom training loop needs a dataset of known, finite length")
+    return steps
 
 
 def _verbosity(verbose: int | str) -> int:
@@ -406,8 +437,8 @@ def custom_fit(
         if validation_data is not None
         else None
     )
-    steps = int(train_data.cardinality())
-    steps = steps if steps > 0 else None
+    steps = _steps(train_data)
+    val_steps = _steps(validation_data) if validation_data is not None else 0
     run = _Steps(model, strategy, make_metrics, jit)
     callback_list = keras.callbacks.CallbackList(
         list(callbacks),
@@ -426,15 +457,16 @@ def custom_fit(
     for epoch in range(first, epochs):
         run.reset()
         callback_list.on_epoch_begin(epoch)
-        for step, batch in enumerate(train_dist):
+        iterator = iter(train_dist)
+        for step in range(steps):
             callback_list.on_train_batch_begin(step)
-            run.train_fn(batch)
+            run.train_fn(iterator)
             # The progress bar shows the running loss; one small collective per step.
             batch_logs = {"loss": run.loss()} if verbose == 1 else {}
             callback_list.on_train_batch_end(step, batch_logs)
         logs = run.results()
         if val_dist is not None:
-            logs.update({f"val_{k}": v for k, v in run.evaluate(val_dist).items()})
+            logs.update({f"val_{k}": v for k, v in run.evaluate(val_dist, val_steps).items()})
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
@@ -458,4 +490,5 @@ def evaluate(
     if final_check is not None:
         check_agreement(strategy, "the phase and epoch to resume at", final_check)
     run = _Steps(model, strategy, make_metrics, jit=False)
-    return run.evaluate(strategy.experimental_distribute_dataset(shard_by_data(data)))
+    dist = strategy.experimental_distribute_dataset(shard_by_data(data))
+    return run.evaluate(dist, _steps(data))

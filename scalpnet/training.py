@@ -537,6 +537,7 @@ def train(
     if strategy is None:
         strategy = distributed.make_strategy(config.strategy, config.devices)
     n_replicas = distributed.replicas(strategy)
+    distributed.check_jit(config.jit, n_replicas)
     csv_path = Path(csv_path).resolve()
     stamp = fingerprint(config, csv_path)
     chief_dir = Path(config.out_dir)

@@ -177,6 +177,13 @@ def test_lr_factor():
         distributed.lr_factor("cubic", 2)
 
 
+def test_xla_is_refused_with_several_replicas():
+    distributed.check_jit(True, 1)
+    distributed.check_jit(False, 8)
+    with pytest.raises(ConfigError, match=r"--jit .* one device only; this run has 2 replicas"):
+        distributed.check_jit(True, 2)
+
+
 def test_single_process_is_chief_and_has_one_replica():
     assert distributed.is_chief(None)
     assert distributed.replicas(None) == 1
