@@ -138,6 +138,34 @@ def test_cache_gives_the_same_images(csv_path, tmp_path):
     assert collect(ds)[0].shape == (2 * NUM_CLASSES, SIZE, SIZE, 3)
 
 
+@pytest.mark.parametrize("cache", ["none", "memory", "file"])
+def test_training_order_is_mixed_across_classes_with_or_without_a_cache(
+    tmp_path, monkeypatch, cache
+):
+    # labels.csv lists images class by class; a small buffer after a cache must not
+    # leave that order in place (it gave near single-class batches and a collapse).
+    monkeypatch.setattr(dataset, "SHUFFLE_BUFFER", 2)
+    csv_path = write_images(tmp_path, per_class=20)  # 10 training images per class
+    ds = dataset.make_dataset(
+        csv_path,
+        "train",
+        image_size=SIZE,
+        batch_size=10,
+        training=True,
+        augment=None,
+        cache={"none": False, "memory": True, "file": tmp_path / "cache"}[cache],
+    )
+    for _ in range(2):  # every epoch
+        images, labels = collect(ds)
+        classes = labels.argmax(axis=1)
+        assert sorted(map(tuple, images[:, 0, 0].tolist())) == sorted(
+            (c, i, 7) for c in range(NUM_CLASSES) for i in range(20) if i % 4 < 2
+        )  # each training image exactly once
+        rank_corr = np.corrcoef(np.arange(len(classes)), classes)[0, 1]
+        assert abs(rank_corr) < 0.5, rank_corr  # CSV order would give ~0.99
+        assert min(len(set(batch)) for batch in classes.reshape(-1, 10)) >= 4
+
+
 def test_missing_files_are_listed_up_front(csv_path):
     rows = dataset.read_split(csv_path, "train")
     for path in rows["path"][:7]:
