@@ -28,10 +28,11 @@ CARD_KEYS = {
     "dataset", "best_epoch", "val_metrics", "versions", "git_commit",
 }  # fmt: skip
 # What the tiny run must reach on held-out images (chance: top-1 0.10, AUC 0.5). Measured
-# here with the conftest settings: test top-1 0.29, val AUC 0.78. The bars leave room for
-# other CPUs' arithmetic while staying at twice chance or more.
-MIN_TEST_TOP1 = 0.2
-MIN_VAL_AUC = 0.65
+# here with the conftest settings (2 minutes): test top-1 0.40, val AUC 0.82. The bars
+# leave room for other CPUs' arithmetic while staying at three times chance.
+# (python train.py --demo, 3x the images and 5 epochs: test top-1 0.73, macro AUC 0.95.)
+MIN_TEST_TOP1 = 0.3
+MIN_VAL_AUC = 0.72
 
 
 # --------------------------------------------------------------------------- plan and config
@@ -167,7 +168,7 @@ def test_tiny_run_folder_is_complete(tiny_run):
     dataset = card["dataset"]
     csv = Path(dataset["csv"])
     assert csv.is_absolute() and csv.is_file()
-    assert dataset["counts"] == {"train": 960, "val": 120, "test": 120}
+    assert dataset["counts"] == {"train": 1600, "val": 200, "test": 200}  # conftest.TINY_RUN
     assert dataset["split_scheme"] == "shipped"
     assert len(dataset["csv_sha256"]) == 64
     assert set(pd.read_csv(csv)["split"]) == {"train", "val", "test"}
