@@ -8,7 +8,8 @@ On the same N synthetic JPEGs (default 1,000 of 640x480, 100 per condition):
     labels.csv and the report, in parallel over all cores (a fresh output each time).
 
 Extra rows show where the time goes: (b) with one worker, (b) with spawned worker
-processes instead of threads, and a rerun on an up-to-date output. Each method runs
+processes instead of threads, and a rerun on an up-to-date output; then the CPU time of
+each stage of one image in one thread (decode, resize + blur, PNG encode, write). Each method runs
 ``--repeats`` times, interleaved, and the best run counts (the machine may be shared).
 
     python benchmarks/bench_prepare.py [--n 1000] [--repeats 3] [--data DIR] [--photo 640x480]
@@ -33,6 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from scalpnet import prepare, synthetic
 from scalpnet.labels import CONDITIONS, NUM_CLASSES
+from scalpnet.preprocess import load_image, to_model_input
 
 SIZE = 256
 
@@ -69,6 +71,40 @@ def ours(
         data=data, out=out, image_size=SIZE, workers=workers, executor=executor
     )
     return prepare.prepare_dataset(config, progress=False)
+
+
+def stage_times(paths: list[Path], out: Path) -> dict[str, float]:
+    """Milliseconds per image of each stage of ``prepare.process_image``, one thread."""
+    out.mkdir(parents=True, exist_ok=True)
+    raw = [path.read_bytes() for path in paths]
+    decoded = [load_image(data, min_size=SIZE) for data in raw]
+    resized = [to_model_input(rgb, SIZE) for rgb in decoded]
+    encoded = [cv2.imencode(".png", rgb, list(prepare.PNG_PARAMS))[1].tobytes() for rgb in resized]
+    stages: dict[str, Callable[[], object]] = {
+        "read the file": lambda: [path.read_bytes() for path in paths],
+        "decode (load_image)": lambda: [load_image(data, min_size=SIZE) for data in raw],
+        "  original's decode + PIL resize": lambda: [
+            Image.open(path).convert("RGB").resize((SIZE, SIZE)) for path in paths
+        ],
+        "resize + median blur (to_model_input)": lambda: [
+            to_model_input(rgb, SIZE) for rgb in decoded
+        ],
+        "PNG encode (prepare's settings)": lambda: [
+            cv2.imencode(".png", rgb, list(prepare.PNG_PARAMS)) for rgb in resized
+        ],
+        "  PNG encode, uncompressed": lambda: [
+            cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 0]) for rgb in resized
+        ],
+        "write (temp file + rename)": lambda: [
+            prepare.write_atomic(out / f"{i}.png", data) for i, data in enumerate(encoded)
+        ],
+    }
+    result = {}
+    for name, run in stages.items():
+        start = time.process_time()
+        run()
+        result[name] = 1000 * (time.process_time() - start) / len(paths)
+    return result
 
 
 def cpu_seconds() -> float:
@@ -117,6 +153,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(cpu_seconds() - start_cpu)
 
+        stages = stage_times(paths[:200], scratch / "stages")
+
     n = len(paths)
     base = n / min(times["original (sequential, in RAM)"])
     header = f"{'method':<40}{'best img/s':>12}{'median img/s':>14}{'vs original':>13}"
@@ -127,6 +165,9 @@ def main() -> None:
         print(f"{name:<40}{best:>12.0f}{median:>14.0f}{best / base:>12.2f}x{cpu_ms:>12.2f}")
     ratio = (n / min(times["scalpnet prepare (threads, default)"])) / base
     print(f"\nscalpnet prepare vs the original: {ratio:.2f}x (target >= 3x)")
+    print("\nCPU ms per image by stage (one thread, 200 images):")
+    for name, ms in stages.items():
+        print(f"  {name:<40}{ms:>7.2f}")
     print(
         "CPU ms/img counts all threads and worker processes; on a busy machine the img/s "
         "columns measure the machine's load as much as the code."
