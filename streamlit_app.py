@@ -1,9 +1,9 @@
 """ScalpNet in the browser: ``streamlit run streamlit_app.py``.
 
 Widgets wired to ``scalpnet`` calls and nothing else: the model and Grad-CAM come
-from ``scalpnet.inference`` / ``scalpnet.explain``, the explanation from
-``scalpnet.advisor``, and the logic worth testing without a browser (settings, which
-model to load, the chart, the reports) from ``scalpnet.app_state``.
+from ``scalpnet.serve.predictor`` / ``scalpnet.serve.explain``, the explanation from
+``scalpnet.serve.advisor``, and the logic worth testing without a browser (settings, which
+model to load, the chart, the reports) from ``scalpnet.app.state``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from scalpnet import app_state
+from scalpnet.app import state as app_state
+from scalpnet.app.text import LANGUAGE_NAMES, text
 from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
-from scalpnet.ui_text import LANGUAGE_NAMES, text
 
 APP_DIR = Path(__file__).resolve().parent
 DISPLAY_SIDE = 720  # JPEGs are decoded at reduced scale down to this side for display
@@ -55,7 +55,7 @@ def keep_tensorflow_warm_between_reruns() -> None:
 def load_predictor(location: str, sha256: str | None):
     """One Predictor per process, shared by all sessions (TensorFlow is imported here),
     and the test metrics of its run folder (None when there are none)."""
-    from scalpnet.inference import Predictor, fetch_model
+    from scalpnet.serve.predictor import Predictor, fetch_model
 
     predictor = Predictor.load(location, sha256=sha256)
     # A downloaded run (a zipped run folder) is unpacked in the cache; find its metrics there.
@@ -163,7 +163,7 @@ def predict(predictor, data: bytes, sha: str):
 
 def display_photo(data: bytes, sha: str):
     """(H, W, 3) uint8 upright RGB of the current image (kept for its Grad-CAM overlay)."""
-    from scalpnet.preprocess import load_image
+    from scalpnet.data.preprocess import load_image
 
     current = st.session_state.get("remembered_photo")
     if current is None or current[0] != sha:
@@ -176,7 +176,7 @@ def show_gradcam(predictor, prediction, data: bytes, photo, language: str, t) ->
     """The optional Grad-CAM overlay for the top condition or another chosen one."""
     if not st.toggle(t["gradcam_toggle"], key="gradcam"):
         return
-    from scalpnet.explain import overlay
+    from scalpnet.serve.explain import overlay
 
     ranked = [CONDITIONS.index(c) for c, _ in prediction.ranked()]
     index = st.selectbox(
@@ -222,7 +222,7 @@ def show_result(predictor, prediction, language: str, t) -> None:
 
 def show_explanation(prediction, settings, language: str, t) -> app_state.Explanation:
     """The advisor's explanation, streamed once per (image, language) and then remembered."""
-    from scalpnet import advisor
+    from scalpnet.serve import advisor
 
     st.subheader(t["explanation_header"])
     key = (prediction.image_sha256, language)
@@ -272,7 +272,7 @@ def show_downloads(report: dict, t) -> None:
 
 def show_chat(prediction, explanation, settings, language: str, t) -> None:
     """Follow-up questions about this result, answered by the advisor (streamed)."""
-    from scalpnet import advisor
+    from scalpnet.serve import advisor
 
     st.subheader(t["chat_header"])
     if not settings.gemini_api_key:

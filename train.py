@@ -226,7 +226,7 @@ def processed_folder(args: argparse.Namespace, image_size: int) -> Path:
 
 def make_demo_data(folder: Path) -> Path:
     """The synthetic raw dataset for --demo: written once, rewritten if it has other counts."""
-    from scalpnet import synthetic
+    from scalpnet.data import synthetic
 
     expected = DEMO_PER_CLASS * NUM_CLASSES
     found = sum(1 for _ in folder.glob("*/*/*.jpg")) if folder.is_dir() else 0
@@ -239,7 +239,7 @@ def make_demo_data(folder: Path) -> Path:
 
 def prepare(data: Path, out: Path, image_size: int, split: str, seed: int, workers) -> Path:
     """Run (or re-check) prepare; unchanged images are not processed again."""
-    from scalpnet import prepare as prepare_module
+    from scalpnet.data import prepare as prepare_module
 
     print(f"preparing {data} -> {out} at {image_size} px ...", flush=True)
     config = prepare_module.PrepareConfig(
@@ -252,7 +252,7 @@ def prepare(data: Path, out: Path, image_size: int, split: str, seed: int, worke
 
 def train_config(args: argparse.Namespace, image_size: int, out: Path):
     """Flags -> TrainConfig (out is filled in later when resuming)."""
-    from scalpnet.training import TrainConfig
+    from scalpnet.learn.training import TrainConfig
 
     weights = args.weights or ("none" if args.demo else "imagenet")
     epochs = args.epochs or (DEMO_EPOCHS if args.demo else (5, 30))
@@ -285,7 +285,7 @@ def train_config(args: argparse.Namespace, image_size: int, out: Path):
 
 def choose_run_folder(args: argparse.Namespace, config, csv_path: Path) -> Path:
     """--out, else the unfinished run of the same command, else a new timestamped folder."""
-    from scalpnet.training import find_unfinished_run
+    from scalpnet.learn.training import find_unfinished_run
 
     if args.out is not None:
         return args.out
@@ -305,7 +305,7 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
     """
     import shlex
 
-    from scalpnet import evaluation, ood
+    from scalpnet.judge import evaluation, ood
 
     command = "python " + shlex.join(sys.argv)
     result = evaluation.evaluate_run(
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         from dataclasses import replace
 
-        from scalpnet import training
+        from scalpnet.learn import training
 
         config = train_config(args, image_size, RUNS / "pending")
         config = replace(config, out_dir=choose_run_folder(args, config, csv_path))

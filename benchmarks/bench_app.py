@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "streamlit_app.py"
 sys.path.insert(0, str(REPO))
 
-from scalpnet.ui_text import text  # noqa: E402
+from scalpnet.app.text import text  # noqa: E402
 from tests.app_fixtures import jpeg, write_run  # noqa: E402
 from tests.fake_gemini import free_port  # noqa: E402
 
@@ -64,7 +64,7 @@ TIMEOUT_MS = 300_000
 BASELINE = r"""
 import json, resource, sys, time
 started = time.perf_counter()
-from scalpnet.inference import Predictor
+from scalpnet.serve.predictor import Predictor
 predictor = Predictor.load(sys.argv[1])
 loaded = time.perf_counter() - started
 times = []
@@ -256,7 +256,7 @@ def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
 
 def make_photos(folder: Path, count: int) -> list[Path]:
     """Different synthetic 480x640 JPEGs, so no upload hits a cache."""
-    from scalpnet.synthetic import make_image
+    from scalpnet.data.synthetic import make_image
 
     rng = np.random.default_rng(0)
     paths = []

@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from scalpnet import dedupe, prepare, synthetic
+from scalpnet.data import dedupe, prepare, synthetic
+from scalpnet.data.preprocess import load_image, to_model_input
 from scalpnet.labels import NUM_CLASSES
-from scalpnet.preprocess import load_image, to_model_input
 
 SIZE = 256
 COPY_SHARE = 0.4  # of the originals get two planted copies

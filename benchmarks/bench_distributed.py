@@ -59,8 +59,8 @@ class _Row:
         import keras
         import tensorflow as tf
 
-        from scalpnet import distributed, training
-        from scalpnet.model import build_model
+        from scalpnet.learn import distributed, training
+        from scalpnet.learn.model import build_model
 
         self.steps, self.batch, self.loop = args.steps, batch, loop
         keras.utils.set_random_seed(0)
@@ -146,7 +146,7 @@ class _null:
 
 
 def cpu_section(args) -> list[dict]:
-    from scalpnet import distributed
+    from scalpnet.learn import distributed
 
     n = args.cpu_devices
     strategy = distributed.make_strategy("mirrored", f"cpu:{n}")
@@ -165,7 +165,7 @@ def cpu_section(args) -> list[dict]:
 def gpu_section(args) -> list[dict]:
     import tensorflow as tf
 
-    from scalpnet import distributed
+    from scalpnet.learn import distributed
 
     gpus = tf.config.list_physical_devices("GPU")
     one = tf.distribute.OneDeviceStrategy("/gpu:0")

@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from scalpnet.inference import Predictor
-    from scalpnet.model import build_model, save_model
-    from scalpnet.preprocess import preprocess_image
+    from scalpnet.data.preprocess import preprocess_image
+    from scalpnet.learn.model import build_model, save_model
+    from scalpnet.serve.predictor import Predictor
 
     width, height = (int(v) for v in args.photo.lower().split("x"))
     rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     ):
         import onnxruntime as ort
 
-        from scalpnet.export import export_model
+        from scalpnet.serve.export import export_model
 
         t0 = time.perf_counter()
         result = export_model(model, "onnx", tmp / "model.onnx")

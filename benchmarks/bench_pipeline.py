@@ -42,8 +42,8 @@ def write_images(root: Path, n: int, size: int, seed: int = 0) -> Path:
     import numpy as np
     import pandas as pd
 
+    from scalpnet.data.synthetic import make_image
     from scalpnet.labels import KEYS, NUM_CLASSES
-    from scalpnet.synthetic import make_image
 
     csv_path = root / "labels.csv"
     if csv_path.is_file() and len(pd.read_csv(csv_path)) == n:
@@ -85,7 +85,7 @@ def _reset_peak() -> None:
 # --------------------------------------------------------------------------- (a) and (b)
 def pipeline_images_per_s(csv_path: Path, size: int, batch: int, epochs: int = 2) -> float:
     """One warm-up pass, then ``epochs`` timed passes of the augmented training pipeline."""
-    from scalpnet.dataset import make_dataset, steps_per_epoch
+    from scalpnet.data.dataset import make_dataset, steps_per_epoch
 
     ds = make_dataset(csv_path, "train", image_size=size, batch_size=batch, training=True)
     batches = iter(ds)  # endless: one iterator, as in training
@@ -146,7 +146,7 @@ def fit_sources(csv_path: Path, size: int, batch: int) -> dict[str, dict]:
     """``fit`` arguments per data source, each fed the way it is used in practice."""
     import tensorflow as tf
 
-    from scalpnet.dataset import make_dataset, steps_per_epoch
+    from scalpnet.data.dataset import make_dataset, steps_per_epoch
 
     def ours(augment: bool):
         extra = {} if augment else {"augment": None}
@@ -157,7 +157,7 @@ def fit_sources(csv_path: Path, size: int, batch: int) -> dict[str, dict]:
     x, y = preload(csv_path)
     steps = steps_per_epoch(csv_path, "train", batch)
     sources = {"memory": {"x": x, "y": y, "batch_size": batch, "shuffle": True}}
-    for name, augment in (("csv", False), ("csv_aug", True)):  # as scalpnet.training feeds fit
+    for name, augment in (("csv", False), ("csv_aug", True)):  # as scalpnet.learn.training feeds fit
         sources[name] = {"x": ours(augment), "steps_per_epoch": steps}
     # One epoch as a finite dataset: fit makes a new iterator of it every epoch.
     one_epoch = ours(False).take(steps).apply(tf.data.experimental.assert_cardinality(steps))
@@ -199,8 +199,8 @@ def preload(csv_path: Path, split: str = "train"):
     """The original project's way: every image decoded into one float32 array in RAM."""
     import numpy as np
 
-    from scalpnet.dataset import label_matrix, read_split
-    from scalpnet.preprocess import load_image
+    from scalpnet.data.dataset import label_matrix, read_split
+    from scalpnet.data.preprocess import load_image
 
     rows = read_split(csv_path, split)
     images = np.array([load_image(p) for p in rows["path"]], dtype=np.float32)  # (N, S, S, 3)
@@ -210,8 +210,8 @@ def preload(csv_path: Path, split: str = "train"):
 def compiled_model(size: int):
     import keras
 
-    from scalpnet.model import build_model
-    from scalpnet.training import make_metrics
+    from scalpnet.learn.model import build_model
+    from scalpnet.learn.training import make_metrics
 
     keras.utils.set_random_seed(0)
     model = build_model(size, weights=None)
@@ -225,7 +225,7 @@ def memory_child(mode: str, csv_path: Path, size: int) -> dict:
     import numpy as np
     import tensorflow as tf  # noqa: F401  (both modes pay for it before the baseline)
 
-    from scalpnet import dataset
+    from scalpnet.data import dataset
 
     dataset.make_dataset(csv_path, "train", image_size=size, batch_size=32)  # warm imports
     base = _status_mb("VmRSS")

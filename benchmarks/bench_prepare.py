@@ -32,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from scalpnet import prepare, synthetic
+from scalpnet import files
+from scalpnet.data import prepare, synthetic
+from scalpnet.data.preprocess import load_image, to_model_input
 from scalpnet.labels import CONDITIONS, NUM_CLASSES
-from scalpnet.preprocess import load_image, to_model_input
 
 SIZE = 256
 
@@ -96,7 +97,7 @@ def stage_times(paths: list[Path], out: Path) -> dict[str, float]:
             cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 0]) for rgb in resized
         ],
         "write (temp file + rename)": lambda: [
-            prepare.write_atomic(out / f"{i}.png", data) for i, data in enumerate(encoded)
+            files.write_bytes_atomic(out / f"{i}.png", data) for i, data in enumerate(encoded)
         ],
     }
     result = {}

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 class _RegisterLayersOnKerasImport(importlib.abc.MetaPathFinder):
     """One-shot import hook: after ``keras`` finishes importing, import
-    ``scalpnet.layers`` so ``keras.saving.load_model`` can find our layers."""
+    ``scalpnet.learn.layers`` so ``keras.saving.load_model`` can find our layers."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "keras":
@@ -31,7 +31,7 @@ class _RegisterLayersOnKerasImport(importlib.abc.MetaPathFinder):
 
         def load_then_register(module):
             load(module)
-            importlib.import_module("scalpnet.layers")
+            importlib.import_module("scalpnet.learn.layers")
 
         spec.loader.exec_module = load_then_register
         return spec
@@ -39,7 +39,7 @@ class _RegisterLayersOnKerasImport(importlib.abc.MetaPathFinder):
 
 def _register_layers_with_keras() -> None:
     if "keras" in sys.modules:
-        importlib.import_module("scalpnet.layers")
+        importlib.import_module("scalpnet.learn.layers")
     elif not any(isinstance(f, _RegisterLayersOnKerasImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterLayersOnKerasImport())
 

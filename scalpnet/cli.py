@@ -56,7 +56,7 @@ def _add_prepare(verbs) -> Handler:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet import prepare
+        from scalpnet.data import prepare
 
         config = prepare.PrepareConfig(
             data=args.data,
@@ -85,7 +85,7 @@ def _add_synth(verbs) -> Handler:
     p.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet import synthetic
+        from scalpnet.data import synthetic
 
         if args.per_class < 1:
             raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
@@ -115,7 +115,7 @@ def _add_evaluate(verbs) -> Handler:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet import evaluation
+        from scalpnet.judge import evaluation
 
         if args.batch_size < 1:
             p.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -171,7 +171,7 @@ def _add_predict(verbs) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         _require_model_source(args.run)
-        from scalpnet import inference
+        from scalpnet.serve import predictor as inference
 
         config = inference.PredictConfig(
             images=tuple(args.images),
@@ -215,7 +215,7 @@ def _add_export(verbs) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         _require_model_source(args.run)
-        from scalpnet import export
+        from scalpnet.serve import export
 
         config = export.ExportConfig(
             run=args.run, format=args.format, out=args.out, tolerance=args.tolerance
@@ -248,8 +248,8 @@ def _add_audit(verbs) -> Handler:
         default=Path("reports/audit"),
         help="folder for the report files (default: reports/audit under the current folder)",
     )
-    # Defaults live in scalpnet.dedupe (not imported here, to keep --help fast);
-    # tests/test_dedupe.py checks that these help texts quote them.
+    # Defaults live in scalpnet.data.dedupe (not imported here, to keep --help fast);
+    # tests/data/test_dedupe.py checks that these help texts quote them.
     p.add_argument(
         "--threshold",
         type=float,
@@ -273,7 +273,7 @@ def _add_audit(verbs) -> Handler:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet import dedupe
+        from scalpnet.data import dedupe
 
         config = dedupe.AuditConfig(
             data=args.data,

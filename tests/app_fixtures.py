@@ -19,13 +19,13 @@ def write_run(
     image_size: int = 64,
 ) -> Path:
     """A complete run folder: model (built, or linked), card, thresholds, calibration, OOD."""
-    from scalpnet.ood import OODModel
+    from scalpnet.judge.ood import OODModel
 
     folder.mkdir(parents=True)
     if model_file is None:
         import keras
 
-        from scalpnet.model import build_model, save_model
+        from scalpnet.learn.model import build_model, save_model
 
         keras.utils.set_random_seed(7)
         save_model(build_model(image_size=image_size, weights=None), folder / "model.keras")

@@ -25,7 +25,7 @@ def real_scalp_dir() -> Path:
 # --------------------------------------------------------------------------- tiny_run
 # A ResNet50 trained from scratch on the synthetic set: what fits the CI budget on a
 # 2-core CPU (about 3 minutes here). More images for fewer epochs learn more per minute.
-# See tests/test_training.py for what it must reach and what it measured.
+# See tests/learn/test_training.py for what it must reach and what it measured.
 TINY_RUN = {
     "per_class": 200,  # 160 train, 20 val, 20 test per condition
     "image_size": 64,  # conv5_block3_out is 2x2: Grad-CAM can still tell quadrants apart
@@ -38,8 +38,8 @@ TINY_RUN = {
 
 def train_tiny_run(root: Path) -> Path:
     """synthetic.write_dataset -> prepare -> train into ``root/run``; returns the run folder."""
-    from scalpnet import prepare, synthetic
-    from scalpnet.training import TrainConfig, train
+    from scalpnet.data import prepare, synthetic
+    from scalpnet.learn.training import TrainConfig, train
 
     synthetic.write_dataset(root / "synthetic", per_class=TINY_RUN["per_class"], seed=0)
     prepared = prepare.prepare_dataset(

@@ -1,4 +1,4 @@
-"""Subprocess entry points for tests/test_distributed.py (device set-up must precede TF start).
+"""Subprocess entry points for tests/learn/test_distributed.py (device set-up must precede TF start).
 
     python tests/distributed_scripts.py parity-train OUT_DIR
     python tests/distributed_scripts.py predict OUT_DIR
@@ -47,15 +47,15 @@ def _tiny_model(keras, size: int):
 def parity_train(out: Path) -> None:
     """Train the ScalpNet model (BatchNorm synchronised, as training does) and, as the
     control, a tiny BatchNorm net left unsynchronised, under MirroredStrategy; save both."""
-    from scalpnet import distributed
+    from scalpnet.learn import distributed
 
     strategy = distributed.make_strategy("mirrored", "cpu:2")
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from scalpnet import model as model_module
-    from scalpnet import training
+    from scalpnet.learn import model as model_module
+    from scalpnet.learn import training
 
     assert strategy.num_replicas_in_sync == 2
     keras.utils.set_random_seed(0)
@@ -87,7 +87,7 @@ def predict(out: Path) -> None:
     """A fresh single-device process: reload both models, predict the probe batch."""
     import numpy as np
 
-    from scalpnet import model as model_module
+    from scalpnet.learn import model as model_module
 
     probe = np.load(out / "probe.npy")
     for name in ("scalpnet", "control"):
@@ -101,8 +101,8 @@ def evaluate_run(run: Path) -> None:
     """A fresh single-device process: the saved model's loss on its validation split."""
     import keras
 
-    from scalpnet import dataset
-    from scalpnet import model as model_module
+    from scalpnet.data import dataset
+    from scalpnet.learn import model as model_module
 
     card = json.loads((run / "model_card.json").read_text())
     model = model_module.load_model(run / "model.keras")
@@ -113,7 +113,7 @@ def evaluate_run(run: Path) -> None:
 
 
 def tiny_worker(out: Path, epochs: int, crash_after: int) -> None:
-    from scalpnet import distributed
+    from scalpnet.learn import distributed
 
     strategy = distributed.make_strategy("multiworker")
     import keras

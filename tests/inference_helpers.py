@@ -31,7 +31,7 @@ def model_file(size: int = SIZE) -> Path:
     """A saved untrained ScalpNet model at ``size`` px, made once per process."""
     import keras
 
-    from scalpnet.model import build_model, save_model
+    from scalpnet.learn.model import build_model, save_model
 
     keras.utils.set_random_seed(size)  # the same weights in every test process
     folder = Path(tempfile.mkdtemp(prefix="scalpnet-test-model-"))
@@ -47,7 +47,7 @@ def card(size: int = SIZE, name: str = "test-run") -> dict:
         "demo": True,
         "image_size": size,
         "labels": [{"key": c.key, "english": c.english, "korean": c.korean} for c in CONDITIONS],
-        "preprocessing": "resize + median blur 3 (scalpnet.preprocess)",
+        "preprocessing": "resize + median blur 3 (scalpnet.data.preprocess)",
         "weights": "none",
         "training": {},
         "dataset": {"csv": None, "csv_sha256": None, "split_scheme": "random", "counts": {}},
@@ -60,8 +60,8 @@ def card(size: int = SIZE, name: str = "test-run") -> dict:
 
 def make_run(folder: Path, size: int = SIZE, *, calibrated: bool = True) -> Path:
     """A run folder: model.keras, model_card.json, thresholds.json, calibration.json."""
-    from scalpnet.calibration import Calibration
-    from scalpnet.evaluation import save_thresholds
+    from scalpnet.judge.calibration import Calibration
+    from scalpnet.judge.evaluation import save_thresholds
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_file(size), folder / "model.keras")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from scalpnet.app.text import text
 from scalpnet.labels import CONDITIONS, KEYS
-from scalpnet.ui_text import text
 from tests.app_fixtures import jpeg, write_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -44,7 +44,7 @@ def app_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(app_run):
     """An independent Predictor on the same run: what the app must show."""
-    from scalpnet.inference import Predictor
+    from scalpnet.serve.predictor import Predictor
 
     return Predictor.load(app_run)
 
@@ -60,7 +60,7 @@ def env(monkeypatch, app_run):
 
 @pytest.fixture(scope="module")
 def synthetic_jpeg() -> bytes:
-    from scalpnet.synthetic import make_image
+    from scalpnet.data.synthetic import make_image
 
     return jpeg(make_image(4, np.random.default_rng(3), size=(240, 320)))
 
@@ -234,7 +234,7 @@ def test_synthetic_upload_shows_the_predictors_numbers_and_fact_sheets(
     assert_shows(at, reference, synthetic_jpeg)
     assert len(at.get("image")) >= 1  # the photo
     # No key: the offline fact sheet, its label, and the advisor's reason.
-    from scalpnet import advisor
+    from scalpnet.serve import advisor
 
     page = all_text(at)
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
@@ -285,7 +285,7 @@ def test_language_switch_changes_labels_names_and_explanation(env, synthetic_jpe
     assert_no_error(at)
     assert at.title[0].value == KO["title"]
     assert_shows(at, reference, synthetic_jpeg, "ko")
-    from scalpnet import advisor
+    from scalpnet.serve import advisor
 
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
     page = all_text(at)
@@ -299,7 +299,7 @@ def test_language_switch_changes_labels_names_and_explanation(env, synthetic_jpe
 
 
 def test_prediction_is_not_recomputed_on_widget_changes(env, synthetic_jpeg, monkeypatch):
-    from scalpnet.inference import Predictor
+    from scalpnet.serve.predictor import Predictor
 
     calls = []
     original = Predictor.predict
@@ -362,7 +362,7 @@ def test_bad_upload_shows_one_message_and_the_next_upload_works(env, reference, 
 
 
 def test_upload_over_the_limit_is_refused(env, synthetic_jpeg):
-    from scalpnet.app_state import MAX_UPLOAD_MB
+    from scalpnet.app.state import MAX_UPLOAD_MB
 
     big = synthetic_jpeg + b"\0" * (MAX_UPLOAD_MB * 1024 * 1024)
     at = upload(new_app(), "huge.jpg", big)

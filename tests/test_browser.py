@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalpnet.ui_text import text
+from scalpnet.app.text import text
 from tests.app_fixtures import jpeg, write_run
 from tests.fake_gemini import FakeGemini, free_port, text_stream
 
@@ -132,7 +132,7 @@ def app_url(tmp_path_factory, fake_gemini):
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
-    from scalpnet.synthetic import make_image
+    from scalpnet.data.synthetic import make_image
 
     path = tmp_path_factory.mktemp("photo") / "scalp.jpg"
     path.write_bytes(jpeg(make_image(4, np.random.default_rng(11), size=(480, 640))))

@@ -19,8 +19,8 @@ from PIL import Image
 
 from scalpnet import cli
 from scalpnet.errors import InvalidImageError
-from scalpnet.inference import Predictor
 from scalpnet.labels import CONDITIONS, KEYS
+from scalpnet.serve.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,7 +176,7 @@ def test_corpus_in_a_real_process(corpus, run_dir):
 
 
 def test_out_of_distribution_warning_in_text_and_json(corpus, tmp_path, capsys):
-    from scalpnet import ood
+    from scalpnet.judge import ood
 
     run = make_run(tmp_path / "run")
     predictor = Predictor.load(run)

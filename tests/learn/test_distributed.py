@@ -1,0 +1,473 @@
+"""tf.distribute training: strategies, BatchNorm parity, the multi-worker loop, train.py.
+
+Every strategy test runs in subprocesses: splitting the CPU into logical devices and
+MultiWorkerMirroredStrategy's collectives must be set up before TensorFlow starts, and
+a fresh process is the honest place to reload a saved model. Multi-worker tests start
+two worker processes on 127.0.0.1 with their own TF_CONFIG and free ports, bounded by
+timeouts, and always kill them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalpnet.errors import ConfigError
+from scalpnet.learn import distributed
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "tests" / "distributed_scripts.py"
+PARITY_TOLERANCE = 1e-5
+
+
+# --------------------------------------------------------------------------- helpers
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    """Worker processes on 127.0.0.1, one TF_CONFIG each; ``stop()`` always kills them."""
+
+    def __init__(self, tmp: Path, n: int = 2):
+        self.tmp = tmp
+        self.hosts = [f"127.0.0.1:{p}" for p in _free_ports(n)]
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def worker_tmp(self, index: int) -> Path:
+        """The TMPDIR of worker ``index`` (where a non-chief keeps its run copy)."""
+        return self.tmp / f"tmp-worker{index}"
+
+    def start(self, args: list[str], tag: str) -> None:
+        self.procs, self.logs = [], []
+        for index in range(len(self.hosts)):
+            tf_config = {
+                "cluster": {"worker": self.hosts},
+                "task": {"type": "worker", "index": index},
+            }
+            self.worker_tmp(index).mkdir(parents=True, exist_ok=True)
+            log = self.tmp / f"{tag}-worker{index}.log"
+            self.logs.append(log)
+            with log.open("w") as out:
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, *args],
+                        cwd=REPO,
+                        env=_env(
+                            TF_CONFIG=json.dumps(tf_config), TMPDIR=str(self.worker_tmp(index))
+                        ),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
+    def wait(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                pytest.fail(f"workers still running after {timeout} s:\n{self.tail()}")
+        return codes
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def tail(self, chars: int = 2500) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-chars:]}" for log in self.logs)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+# --------------------------------------------------------------------------- units
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, None),
+        ("all", None),
+        ("cpu:2", ("cpu", [0, 1])),
+        ("gpu:3", ("gpu", [0, 1, 2])),
+        ("1,0", ("gpu", [1, 0])),
+    ],
+)
+def test_parse_devices(text, expected):
+    assert distributed.parse_devices(text) == expected
+
+
+@pytest.mark.parametrize("text", ["cpu:0", "gpu:x", "0,0", "-1", "tpu:2", "cpu"])
+def test_parse_devices_rejects(text):
+    with pytest.raises(ConfigError, match="--devices"):
+        distributed.parse_devices(text)
+
+
+def test_make_strategy_rejects_bad_settings(monkeypatch):
+    assert distributed.make_strategy("none") is None
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        distributed.make_strategy("horovod")
+    with pytest.raises(ConfigError, match="--devices needs"):
+        distributed.make_strategy("none", "cpu:2")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG"):
+        distributed.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker"}}')
+    with pytest.raises(ConfigError, match="TF_CONFIG must be JSON"):
+        distributed.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG must be JSON"):
+        distributed.make_strategy("multiworker")
+
+
+def test_lr_factor():
+    assert distributed.lr_factor("linear", 8) == 8.0
+    assert distributed.lr_factor("sqrt", 4) == 2.0
+    assert distributed.lr_factor("none", 8) == 1.0
+    assert distributed.lr_factor("linear", 1) == 1.0
+    with pytest.raises(ConfigError, match="lr scaling"):
+        distributed.lr_factor("cubic", 2)
+
+
+def test_xla_is_refused_with_several_replicas():
+    distributed.check_jit(True, 1)
+    distributed.check_jit(False, 8)
+    with pytest.raises(ConfigError, match=r"--jit .* one device only; this run has 2 replicas"):
+        distributed.check_jit(True, 2)
+
+
+def test_single_process_is_chief_and_has_one_replica():
+    assert distributed.is_chief(None)
+    assert distributed.replicas(None) == 1
+    assert distributed.task(None) == (None, 0)
+    assert not distributed.is_multiworker(None)
+
+
+def test_worker_run_dir_is_private_stable_and_outside_the_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    first = distributed.worker_run_dir("abc123", None)
+    assert first == distributed.worker_run_dir("abc123", None)
+    assert first.parent == tmp_path
+    assert first != distributed.worker_run_dir("def456", None)
+
+
+def test_synchronize_batchnorm_sets_every_resnet_batchnorm():
+    import keras
+
+    from scalpnet.learn.model import build_model
+
+    model = build_model(32, weights=None)
+    layers = [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert layers and not any(x.synchronized for x in layers)
+    assert distributed.synchronize_batchnorm(model) == len(layers) == 53
+    assert all(x.synchronized for x in layers)
+    # Survives the config round trip that save_model makes.
+    twin = keras.Model.from_config(model.get_config())
+    assert all(
+        x.synchronized for x in twin.layers if isinstance(x, keras.layers.BatchNormalization)
+    )
+
+
+# --------------------------------------------------------------------------- parity
+@pytest.mark.slow
+def test_mirrored_batchnorm_parity_after_reload(tmp_path):
+    """Trained under MirroredStrategy over 2 logical CPUs, saved, reloaded in a fresh
+    single-device process: the same predictions on both replicas' halves of a batch.
+
+    The control (BatchNorm not synchronised) shows the check can fail: its second
+    replica's moving statistics drift from the first's and the saved copy disagrees.
+    """
+    _run([str(SCRIPTS), "parity-train", str(tmp_path)], timeout=600)
+    _run([str(SCRIPTS), "predict", str(tmp_path)], timeout=300)
+    inside = np.load(tmp_path / "scalpnet-inside.npy")  # (8, 10), rows 4-7 from replica 1
+    reloaded = np.load(tmp_path / "scalpnet-reloaded.npy")
+    assert inside.shape == reloaded.shape == (8, 10)
+    assert np.abs(inside[:4] - reloaded[:4]).max() <= PARITY_TOLERANCE
+    assert np.abs(inside[4:] - reloaded[4:]).max() <= PARITY_TOLERANCE
+
+    control_inside = np.load(tmp_path / "control-inside.npy")
+    control_reloaded = np.load(tmp_path / "control-reloaded.npy")
+    assert np.abs(control_inside[:4] - control_reloaded[:4]).max() <= PARITY_TOLERANCE
+    assert np.abs(control_inside[4:] - control_reloaded[4:]).max() > 100 * PARITY_TOLERANCE
+
+
+# --------------------------------------------------------------------------- custom loop
+def _tiny(cluster: Cluster, out: Path, epochs: int, crash_after: int, tag: str) -> None:
+    cluster.start([str(SCRIPTS), "tiny-worker", str(out), str(epochs), str(crash_after)], tag)
+
+
+@pytest.mark.slow
+def test_multiworker_custom_loop_resumes_after_a_kill(cluster, tmp_path):
+    """Two workers train a tiny BatchNorm net with custom_fit; the chief is SIGKILLed right
+    after its epoch-2 backup, both restart, resume at epoch 3 and end exactly where an
+    uninterrupted run ends. Workers agree; the non-chief wrote only to its own TMPDIR.
+    Workers whose checkpoints disagree fail fast with a clear error."""
+    epochs = 4
+    straight = tmp_path / "straight"
+    _tiny(cluster, straight, epochs, -1, "straight")
+    assert cluster.wait(240) == [0, 0], cluster.tail()
+
+    resumed = tmp_path / "resumed"
+    _tiny(cluster, resumed, epochs, 1, "crash")
+    chief = cluster.procs[0]
+    try:
+        chief.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the chief did not crash as planned:\n{cluster.tail()}")
+    assert chief.returncode == -signal.SIGKILL
+    cluster.stop()  # the other worker waits for its dead peer: kill it too
+    history = (resumed / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]
+
+    _tiny(cluster, resumed, epochs, -1, "restart")
+    assert cluster.wait(240) == [0, 0], cluster.tail()
+    restart_log = cluster.logs[0].read_text()
+    rows = (resumed / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"], restart_log
+
+    a = json.loads((straight / "summary-chief.json").read_text())
+    b = json.loads((resumed / "summary-chief.json").read_text())
+    w = json.loads((resumed / "summary-worker.json").read_text())
+    # Both workers hold the same model (BatchNorm statistics included) and metrics.
+    assert w["val"] == pytest.approx(b["val"], abs=1e-6)
+    np.testing.assert_allclose(w["moving_mean"], b["moving_mean"], atol=1e-6)
+    # Resuming from the backup reproduces the uninterrupted run.
+    assert b["val"] == pytest.approx(a["val"], abs=1e-5)
+    for x, y in zip(a["weights"], b["weights"], strict=True):
+        np.testing.assert_allclose(np.array(x), np.array(y), atol=1e-5)
+    # Workers that would resume from different epochs stop at once with a clear error
+    # (instead of waiting for each other forever): the chief loses its backup.
+    for leftover in (straight / "backup").iterdir():
+        leftover.unlink()
+    _tiny(cluster, straight, epochs + 1, -1, "disagree")
+    assert 0 not in cluster.wait(240)
+    for log in cluster.logs:
+        assert "RunFolderError: the workers disagree on the phase and epoch" in log.read_text()
+
+    # The non-chief's files are in its own TMPDIR, not next to the chief's.
+    assert Path(w["run_dir"]).is_relative_to(cluster.worker_tmp(1))
+    assert (Path(w["run_dir"]) / "history.csv").is_file()
+    assert sorted(p.name for p in resumed.iterdir()) == [
+        "backup",
+        "history.csv",
+        "summary-chief.json",
+        "summary-worker.json",
+    ]
+
+
+# --------------------------------------------------------------------------- train.py
+SIZE = 32
+PER_REPLICA = 8
+# Deterministic and comparable: no augmentation, no dropout, learning rates not scaled.
+COMMON = [
+    "--image-size", str(SIZE), "--weights", "none", "--dropout", "0", "--no-augment",
+    "--lr-scaling", "none", "--seed", "0", "--verbose", "2",
+]  # fmt: skip
+EPOCHS_2 = ["--epochs", "0", "2", "--batch-size", str(PER_REPLICA)]
+GLOBAL_16 = ["--epochs", "0", "2", "--batch-size", str(2 * PER_REPLICA)]  # on one replica
+# Training's files, and train.py's evaluation and OOD fit on the finished run.
+RUN_FILES = {"model.keras", "model_card.json", "history.csv", "curves.png", "logs"}
+RUN_FILES |= {"metrics.json", "report.md", "thresholds.json", "calibration.json", "ood.npz"}
+
+
+@pytest.fixture(scope="module")
+def raw_data(tmp_path_factory) -> tuple[Path, Path]:
+    """Synthetic Kaggle-layout images (6 train, 1 val, 1 test per condition) and a
+    processed folder prepared once, so concurrent workers only re-check it."""
+    from scalpnet.data import prepare, synthetic
+
+    root = tmp_path_factory.mktemp("dist_data")
+    synthetic.write_dataset(root / "raw", per_class=8, seed=0)
+    prepare.prepare_dataset(
+        prepare.PrepareConfig(data=root / "raw", out=root / "processed", image_size=SIZE),
+        progress=False,
+    )
+    return root / "raw", root / "processed"
+
+
+def _train_args(raw_data, out: Path, *extra: str) -> list[str]:
+    raw, processed = raw_data
+    where = ["--data", str(raw), "--processed", str(processed), "--out", str(out)]
+    return ["train.py", *where, *COMMON, *extra]
+
+
+def _history(run: Path) -> list[dict[str, float]]:
+    import pandas as pd
+
+    return pd.read_csv(run / "history.csv").to_dict("records")
+
+
+def _assert_parity(run: Path) -> None:
+    """The card's validation loss (computed by the trained model inside the strategy,
+    every batch split across the replicas) equals the reloaded model's, in a fresh
+    single-device process."""
+    _run([str(SCRIPTS), "evaluate-run", str(run)], timeout=300)
+    reloaded = json.loads((run.parent / f"{run.name}-reloaded.json").read_text())
+    card = json.loads((run / "model_card.json").read_text())
+    assert abs(reloaded["loss"] - card["val_metrics"]["loss"]) <= PARITY_TOLERANCE, (
+        reloaded,
+        card["val_metrics"],
+    )
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(raw_data, tmp_path_factory) -> Path:
+    """train.py --strategy mirrored over 2 logical CPUs, 2 epochs, global batch 16."""
+    out = tmp_path_factory.mktemp("mirrored") / "run"
+    _run(
+        _train_args(raw_data, out, "--strategy", "mirrored", "--devices", "cpu:2", *EPOCHS_2),
+        timeout=900,
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_train_py_mirrored_writes_a_complete_run_that_reloads_identically(mirrored_run):
+    assert {p.name for p in mirrored_run.iterdir()} >= RUN_FILES
+    assert not (mirrored_run / ".resume").exists()
+    card = json.loads((mirrored_run / "model_card.json").read_text())
+    assert card["training"]["strategy"] == "mirrored"
+    assert card["training"]["devices"] == "cpu:2"
+    assert card["training"]["distribution"] == {
+        "strategy": "mirrored",
+        "replicas": 2,
+        "global_batch_size": 2 * PER_REPLICA,
+        "lr_factor": 1.0,
+        "synchronized_batchnorm": True,
+    }
+    assert [row["epoch"] for row in _history(mirrored_run)] == [1, 2]
+    _assert_parity(mirrored_run)
+
+
+@pytest.mark.slow
+def test_two_replicas_and_one_replica_reach_the_same_losses(mirrored_run, raw_data, tmp_path):
+    """Same seed, data and global batch (16): 2 replicas x 8 images vs 1 replica x 16.
+
+    The 1-replica run is MirroredStrategy over one device, so both runs go through the
+    same distributed code. Keras's ``fit`` under any strategy makes an extra iterator
+    before the first epoch (its symbolic build) whose prefetching runs ahead; the epoch
+    orders must not depend on it (they depend only on seed and epoch; a repeated dataset
+    whose reshuffles drew seeds from a shared generator failed this test). Same order,
+    same initial weights: with synchronised BatchNorm both compute the same function of
+    the same batches and differ only in float rounding (all-reduce order; BatchNorm's
+    one-pass variance E[x^2] - E[x]^2 against the two-pass one), which Adam's normalised
+    steps can amplify.
+    Tolerance 1e-3 relative after 4 and 8 steps; a different batch order or batch
+    composition moves these losses by several percent.
+    """
+    single = tmp_path / "single"
+    _run(
+        _train_args(raw_data, single, "--strategy", "mirrored", "--devices", "cpu:1", *GLOBAL_16),
+        timeout=600,
+    )
+    card = json.loads((single / "model_card.json").read_text())
+    assert card["training"]["distribution"]["replicas"] == 1
+    one, two = _history(single), _history(mirrored_run)
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3), (key, one, two)
+
+
+@pytest.mark.slow
+def test_train_py_multiworker_two_workers_kill_and_resume(raw_data, cluster, tmp_path):
+    """Two train.py workers on 127.0.0.1: both are killed once the first epoch's backups
+    exist, restarted with the same command, and finish. The chief's run folder is
+    complete and reloads identically; the worker wrote only to its own TMPDIR, which is
+    gone at the end."""
+    out = tmp_path / "run"
+    args = _train_args(
+        raw_data, out, "--strategy", "multiworker", "--epochs", "0", "3", "--batch-size", "8"
+    )
+    chief_meta = out / ".resume" / "backup_scratch" / "training_metadata.json"
+
+    def worker_meta() -> list[Path]:
+        return list(
+            cluster.worker_tmp(1).glob("scalpnet-worker-*/.resume/*/training_metadata.json")
+        )
+
+    cluster.start(args, "first")
+    deadline = time.monotonic() + 600
+    while not (chief_meta.is_file() and worker_meta()):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in cluster.procs):
+            pytest.fail(f"no first-epoch backups:\n{cluster.tail()}")
+        time.sleep(0.2)
+    cluster.stop()
+    assert json.loads(chief_meta.read_text())["epoch"] == 1
+    assert not (out / "model.keras").exists()
+    worker_dir = worker_meta()[0].parents[2]
+    assert worker_dir.name.startswith("scalpnet-worker-worker1-")
+
+    cluster.start(args, "restart")
+    assert cluster.wait(900) == [0, 0], cluster.tail()
+    logs = [log.read_text() for log in cluster.logs]
+    assert all("resuming the unfinished run" in log for log in logs), cluster.tail()
+
+    names = {p.name for p in out.iterdir()}
+    assert names >= RUN_FILES and ".resume" not in names
+    assert not any("worker" in name for name in names)
+    # One history row per epoch: a worker appending to the chief's CSV would double them.
+    assert [row["epoch"] for row in _history(out)] == [1, 2, 3]
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["name"] == "run"
+    assert card["training"]["distribution"]["replicas"] == 2
+    assert card["training"]["distribution"]["global_batch_size"] == 2 * PER_REPLICA
+    assert not worker_dir.exists()  # the non-chief's copy is cleaned up
+    # Both workers computed the same final validation metrics (one line each).
+    finals = [[line for line in log.splitlines() if line.startswith("validation:")] for log in logs]
+    assert finals[0] == finals[1] and len(finals[0]) == 1
+    # Only the chief evaluated (and wrote metrics.json, report.md, ood.npz).
+    assert "written by the chief worker" in logs[1]
+    assert "out-of-distribution check" not in logs[1]
+    assert "out-of-distribution check" in logs[0]
+    _assert_parity(out)
