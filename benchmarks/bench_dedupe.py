@@ -1,22 +1,21 @@
-"""Near-duplicate grouping at dataset scale: speed, recall and precision of planted copies.
+"""Near-duplicate grouping: speed at dataset scale, and recall/precision on real photos.
 
-Writes N processed-looking 256x256 PNGs (default 12,000) into a temp folder: synthetic
-originals, 40% of which get two planted copies each, made the way the Kaggle set was
-(a random rotation/flip, a crop of up to 15% at a random place, a rotation of up to 7°,
-greyscale or a brightness/contrast/colour change, JPEG re-encoding at quality 60-95, then
-prepare's resize + median blur). Making them is not timed.
+Two modes, one table each (both by default):
 
-Timed, as ``assign_grouped_splits`` runs it: decode + fingerprint every file
-(``dedupe.scan``), then ``dedupe.find_groups``. Reported: time per stage, recall and
-precision of the planted pairs (two images count as grouped when they share a group).
+* ``synthetic``: N processed-looking 256x256 PNGs (default 12,000): synthetic originals,
+  40% of which get two planted copies each (``copies.plant``: two or three stacked
+  Kaggle-style transformations). Timed per stage, wall and CPU seconds.
+* ``real``: the real photos of ../shared/fixtures/real_photos (214 distinct photos of six
+  conditions), each with ``--copies`` planted copies (seeded), all as prepare stores them
+  (resized to 256 + median blur, PNG). Recall of the planted pairs, pair precision, false
+  groups (groups holding copies of two different photos), per transformation family, at
+  each threshold of ``--sweep``. This is where the default threshold is calibrated.
 
-Baselines in the same run:
-  * exact hashes (same pixels), the usual "duplicate check": its recall of the planted pairs;
-  * the naive all-pairs comparison (the same similarity for every pair, batched, no
-    candidate stage), timed on a subset of ``--brute`` images and extrapolated to
-    N(N-1)/2 pairs (plus the same decoding time).
+Making the images is not timed. Baseline in the same run: exact pixel hashes (the usual
+"duplicate check").
 
-    python benchmarks/bench_dedupe.py [--n 12000] [--brute 200] [--threshold T] [--keep DIR]
+    python benchmarks/bench_dedupe.py [--mode both|synthetic|real] [--n 12000] [--copies 2]
+        [--sweep 0.3,0.4,0.5,0.6] [--threshold T] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -24,10 +23,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,149 +36,186 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from scalpnet.data import dedupe, prepare, synthetic
+from scalpnet.data import copies, grouping, prepare, synthetic
+from scalpnet.data.fingerprints import same, scan
 from scalpnet.data.preprocess import load_image, to_model_input
 from scalpnet.labels import NUM_CLASSES
 
 SIZE = 256
-COPY_SHARE = 0.4  # of the originals get two planted copies
+COPY_SHARE = 0.4  # of the synthetic originals get two planted copies
+REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real_photos"
 
 
-def planted_copy(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A Kaggle-style copy of a (S, S, 3) image, as prepare would store it."""
-    out = np.rot90(rgb, int(rng.integers(4)))
-    out = out[:, ::-1] if rng.random() < 0.5 else out
-    h, w = out.shape[:2]
-    f = rng.uniform(0.85, 1.0)
-    ch, cw = int(h * f), int(w * f)
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    out = np.ascontiguousarray(out[y : y + ch, x : x + cw])
-    turn = cv2.getRotationMatrix2D((cw / 2, ch / 2), rng.uniform(-7, 7), 1.0)
-    out = cv2.warpAffine(out, turn, (cw, ch), borderMode=cv2.BORDER_REFLECT)
-    if rng.random() < 0.3:
-        out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
-    else:
-        gain = rng.uniform(0.8, 1.2) * rng.uniform(0.9, 1.1, 3)
-        out = np.clip(out * gain + rng.uniform(-15, 15), 0, 255).astype(np.uint8)
-    _ok, jpeg = cv2.imencode(
-        ".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))]
-    )
-    return to_model_input(load_image(jpeg.tobytes()), SIZE)
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def make_dataset(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], np.ndarray]:
+def _write(folder: Path, name: str, rgb: np.ndarray) -> Path:
+    path = folder / f"{name}.png"
+    if not path.exists():
+        _, png = cv2.imencode(".png", rgb[:, :, ::-1], prepare.PNG_PARAMS)
+        path.write_bytes(png.tobytes())
+    return path
+
+
+def make_synthetic(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], np.ndarray]:
     """Write n PNGs; returns their paths and (n,) planted group ids (one per original)."""
     originals = round(n / (1 + 2 * COPY_SHARE))
     with_copies = (n - originals) // 2
     originals = n - 2 * with_copies
 
-    def one(k: int) -> list[str]:
-        names = [f"{k:05d}_{c}" for c in ((0, 1, 2) if k < with_copies else (0,))]
-        if all((folder / f"{name}.png").exists() for name in names):
-            return names  # made by an earlier run with --keep
+    def one(k: int) -> list[Path]:
         rng = np.random.default_rng([seed, k])
         rgb = to_model_input(synthetic.make_image(k % NUM_CLASSES, rng, (320, 320)), SIZE)
-        images = [(f"{k:05d}_0", rgb)]
-        if k < with_copies:
-            images += [(f"{k:05d}_{c}", planted_copy(rgb, rng)) for c in (1, 2)]
-        for name, image in images:
-            _, png = cv2.imencode(".png", image[:, :, ::-1], prepare.PNG_PARAMS)
-            (folder / f"{name}.png").write_bytes(png.tobytes())
-        return names
+        out = [_write(folder, f"{k:05d}_0", rgb)]
+        for c in (1, 2) if k < with_copies else ():
+            copy = to_model_input(copies.plant(rgb, rng)[0], SIZE)
+            out.append(_write(folder, f"{k:05d}_{c}", copy))
+        return out
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         made = list(pool.map(one, range(originals)))
-    paths, truth = [], []
-    for k, names in enumerate(made):
-        for name in names:
-            paths.append(folder / f"{name}.png")
+    paths = [p for names in made for p in names]
+    truth = np.array([k for k, names in enumerate(made) for _ in names])
+    return paths, truth
+
+
+REAL_NAMES = [f"{p.parent.name}/{p.name}" for p in sorted(REAL_PHOTOS.glob("*/*.jpg"))]
+
+
+def make_real(folder: Path, per_photo: int, seed: int = 0):
+    """Real photos + planted copies as PNGs: paths, (n,) source photo, (n,) families."""
+    sources = sorted(REAL_PHOTOS.glob("*/*.jpg"))
+    paths, truth, families = [], [], []
+    for k, source in enumerate(sources):
+        rgb = load_image(source)
+        rng = np.random.default_rng([seed, k])
+        paths.append(_write(folder, f"{k:04d}_0", to_model_input(rgb, SIZE)))
+        truth.append(k)
+        families.append(())
+        for c in range(1, per_photo + 1):
+            copy, names = copies.plant(rgb, rng)
+            paths.append(_write(folder, f"{k:04d}_{c}", to_model_input(copy, SIZE)))
             truth.append(k)
-    return paths, np.array(truth)
+            families.append(names)
+    return paths, np.array(truth), families
 
 
-def pair_scores(truth: np.ndarray, found: np.ndarray) -> tuple[float, float, int, int]:
-    """Recall and precision of 'same group' over all image pairs; planted and found pair counts."""
+def _pairs(labels: np.ndarray) -> set[tuple[int, int]]:
+    out: set[tuple[int, int]] = set()
+    order = np.argsort(labels, kind="stable")
+    for _, run in itertools.groupby(order.tolist(), key=lambda i: labels[i]):
+        out.update(itertools.combinations(sorted(run), 2))
+    return out
 
-    def pairs(labels: np.ndarray) -> set[tuple[int, int]]:
-        out: set[tuple[int, int]] = set()
-        order = np.argsort(labels, kind="stable")
-        for _, run in itertools.groupby(order.tolist(), key=lambda i: labels[i]):
-            out.update(itertools.combinations(sorted(run), 2))
-        return out
 
-    planted, grouped = pairs(truth), pairs(found)
+def pair_scores(truth: np.ndarray, found: np.ndarray) -> dict:
+    """Recall and precision of 'same group' over all image pairs; false groups."""
+    planted, grouped = _pairs(truth), _pairs(found)
     hit = len(planted & grouped)
-    recall = hit / len(planted) if planted else 1.0
-    precision = hit / len(grouped) if grouped else 1.0
-    return recall, precision, len(planted), len(grouped)
+    false_groups = sum(
+        1 for g in np.unique(found) if len(set(truth[found == g].tolist())) > 1
+    )
+    return {
+        "recall": hit / len(planted) if planted else 1.0,
+        "precision": hit / len(grouped) if grouped else 1.0,
+        "planted": len(planted),
+        "grouped": len(grouped),
+        "false_groups": false_groups,
+        "largest": int(np.bincount(np.unique(found, return_inverse=True)[1]).max()),
+    }
+
+
+def run_synthetic(args, folder: Path) -> None:
+    paths, truth = make_synthetic(folder, args.n)
+    print(f"\n== synthetic: {len(paths)} images ({len(np.unique(truth))} originals, "
+          f"{len(paths) - len(np.unique(truth))} planted copies); {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    w0, c0 = time.perf_counter(), _cpu()
+    scanned = scan(paths, args.workers)
+    w1, c1 = time.perf_counter(), _cpu()
+    found = grouping.find_groups(scanned, args.threshold, args.neighbours, args.workers)
+    w2, c2 = time.perf_counter(), _cpu()
+    ours = pair_scores(truth, found.groups)
+    exact = np.arange(len(paths))
+    for members in same(scanned.pixel_digests):
+        exact[members] = members[0]
+    base = pair_scores(truth, exact)
+    scan_name = "decode + fingerprint + view (scan)"
+    print(f"  {scan_name:<38} {w1 - w0:7.1f} s wall {c1 - c0:7.1f} s CPU")
+    for name, wall in found.seconds.items():
+        print(f"    {name:<36} {wall:7.1f} s wall")
+    print(f"  {'find_groups':<38} {w2 - w1:7.1f} s wall {c2 - c1:7.1f} s CPU  "
+          f"{len(found.pairs)} pairs verified")  # fmt: skip
+    print(f"  {'ours, end to end (scan + find_groups)':<38} {w2 - w0:7.1f} s wall "
+          f"{c2 - c0:7.1f} s CPU  load after {os.getloadavg()[0]:.1f}")  # fmt: skip
+    _row("ours", ours)
+    _row("exact pixel hash", base)
+
+
+def _row(name: str, r: dict) -> None:
+    print(f"  {name:<38} recall {r['recall']:.4f}  precision {r['precision']:.4f}  "
+          f"false groups {r['false_groups']}  largest {r['largest']}  "
+          f"(planted pairs {r['planted']}, grouped {r['grouped']})")  # fmt: skip
+
+
+def run_real(args, folder: Path) -> None:
+    if not REAL_PHOTOS.is_dir():
+        print(f"\n== real: skipped, no fixtures at {REAL_PHOTOS}")
+        return
+    paths, truth, families = make_real(folder, args.copies)
+    print(f"\n== real: {len(paths)} images ({len(np.unique(truth))} real photos, "
+          f"{args.copies} planted copies each); load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    w0, c0 = time.perf_counter(), _cpu()
+    scanned = scan(paths, args.workers)
+    print(f"  scan {time.perf_counter() - w0:.1f} s wall, {_cpu() - c0:.1f} s CPU")
+    for threshold in [float(t) for t in args.sweep.split(",")]:
+        w, c = time.perf_counter(), _cpu()
+        found = grouping.find_groups(scanned, threshold, args.neighbours, args.workers)
+        wall, cpu = time.perf_counter() - w, _cpu() - c
+        r = pair_scores(truth, found.groups)
+        _row(f"ours at {threshold} ({wall:.1f} s, {cpu:.1f} s CPU)", r)
+        print(f"    {len(found.pairs)} pairs verified; links refused by the anchor check: "
+              f"{found.refused}; stages (s wall): {found.seconds}")  # fmt: skip
+        missed = Counter()
+        for k, names in enumerate(families):
+            if names and found.groups[k] != found.groups[np.flatnonzero(truth == truth[k])[0]]:
+                missed.update(names)
+        total = Counter(n for names in families for n in names)
+        for g in np.unique(found.groups):
+            sources = sorted(set(truth[found.groups == g].tolist()))
+            if len(sources) > 1:
+                print("    false group joins:", ", ".join(REAL_NAMES[k] for k in sources))
+        print("    copies not grouped with their photo, by family: "
+              + ", ".join(f"{n} {missed[n]}/{total[n]}" for n in copies.FAMILIES))
+    exact = np.arange(len(paths))
+    for members in same(scanned.pixel_digests):
+        exact[members] = members[0]
+    _row("exact pixel hash", pair_scores(truth, exact))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=12_000, help="images in all")
-    parser.add_argument("--brute", type=int, default=200, help="subset for the all-pairs baseline")
-    parser.add_argument("--threshold", type=float, default=dedupe.DEFAULT_THRESHOLD)
-    parser.add_argument("--neighbours", type=int, default=dedupe.DEFAULT_NEIGHBOURS)
+    parser.add_argument("--mode", choices=("both", "synthetic", "real"), default="both")
+    parser.add_argument("--n", type=int, default=12_000, help="synthetic images in all")
+    parser.add_argument("--copies", type=int, default=2, help="planted copies per real photo")
+    parser.add_argument("--sweep", default=str(grouping.DEFAULT_THRESHOLD),
+                        help="comma-separated thresholds for the real mode")  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=grouping.DEFAULT_THRESHOLD)
+    parser.add_argument("--neighbours", type=int, default=grouping.DEFAULT_NEIGHBOURS)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="write (and reuse) the images here")
     args = parser.parse_args()
-
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_dedupe_"))
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        t = time.perf_counter()
-        paths, truth = make_dataset(folder, args.n)
-        made = time.perf_counter() - t
-        groups_planted = len(np.unique(truth))
-        print(f"{len(paths)} images ({groups_planted} originals, "
-              f"{len(paths) - groups_planted} planted copies) made in {made:.0f} s (not timed); "
-              f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-
-        t0 = time.perf_counter()
-        scanned = dedupe.scan(paths, args.workers)
-        t1 = time.perf_counter()
-        grouping = dedupe.find_groups(
-            scanned.fingerprints, args.threshold, args.neighbours,
-            identical=dedupe._same(scanned.pixel_digests), workers=args.workers,
-        )  # fmt: skip
-        t2 = time.perf_counter()
-        recall, precision, n_planted, n_found = pair_scores(truth, grouping.groups)
-
-        exact = np.arange(len(paths))
-        for members in dedupe._same(scanned.pixel_digests):
-            exact[members] = members[0]
-        exact_recall, exact_precision, _, _ = pair_scores(truth, exact)
-
-        rng = np.random.default_rng(1)
-        subset = np.sort(rng.choice(len(paths), min(args.brute, len(paths)), replace=False))
-        everything = np.array(list(itertools.combinations(range(len(subset)), 2)))
-        tb = time.perf_counter()
-        features = dedupe._Features.build(scanned.fingerprints[subset])
-        dedupe._verify(features, everything, args.workers or os.cpu_count() or 1)
-        per_pair = (time.perf_counter() - tb) / len(everything)
-        brute_total = per_pair * len(paths) * (len(paths) - 1) / 2 + (t1 - t0)
+        for mode in ("real", "synthetic"):
+            if args.mode in ("both", mode):
+                (folder / mode).mkdir(parents=True, exist_ok=True)
+                (run_real if mode == "real" else run_synthetic)(args, folder / mode)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-
-    ours = t2 - t0
-    rows = [
-        ("decode + fingerprint (scan)", f"{t1 - t0:.1f} s", "", ""),
-        ("candidates + verify + union-find", f"{t2 - t1:.1f} s",
-         f"{len(grouping.pairs)} pairs scored", ""),
-        ("ours, total", f"{ours:.1f} s", f"recall {recall:.4f}", f"precision {precision:.4f}"),
-        ("exact pixel hash (baseline)", "(in scan)", f"recall {exact_recall:.4f}",
-         f"precision {exact_precision:.4f}"),
-        (f"all pairs, extrapolated from {len(subset)}", f"{brute_total:.0f} s",
-         f"{per_pair * 1e6:.0f} us/pair", ""),
-    ]  # fmt: skip
-    print(f"\nthreshold {args.threshold}, neighbours {args.neighbours}; planted pairs {n_planted}, "
-          f"pairs grouped {n_found}")  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    for name, *cells in rows:
-        print(f"  {name:<{width}}  {cells[0]:>10}  {cells[1]:<22} {cells[2]}")
-    print(f"\nall-pairs / ours: {brute_total / ours:.0f}x faster; recall vs exact hashing: "
-          f"{recall:.3f} vs {exact_recall:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class PrepareConfig:
     seed: int = 42
     workers: int | None = None  # None: all cores
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
-    dedupe_threshold: float | None = None  # grouped split only; None: dedupe's default
+    dedupe_threshold: float | None = None  # grouped split only; None: grouping's default
     executor: str = "auto"  # "auto" (= threads) | "threads" | "processes" (see executor_kind)
 
 
@@ -270,10 +270,10 @@ def _assign_splits(
     if config.split == "auto" and shipped:
         return [item.split for item in items], None, "shipped"
     if config.split == "grouped":
-        from scalpnet.data import dedupe
+        from scalpnet.data import grouping
 
         kwargs = {} if config.dedupe_threshold is None else {"threshold": config.dedupe_threshold}
-        splits, groups = dedupe.assign_grouped_splits(
+        splits, groups = grouping.assign_grouped_splits(
             [out / name for name in names],
             labels,
             ratios=config.ratios,

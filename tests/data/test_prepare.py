@@ -500,7 +500,7 @@ def test_bad_settings_are_config_errors(kaggle, tmp_path, change):
 
 
 # --------------------------------------------------------------------------- grouped split
-def test_grouped_split_calls_dedupe_on_the_processed_images(kaggle, tmp_path, monkeypatch):
+def test_grouped_split_calls_grouping_on_the_processed_images(kaggle, tmp_path, monkeypatch):
     calls = []
 
     def assign_grouped_splits(image_paths, labels, ratios, seed, threshold=0.9):
@@ -510,10 +510,10 @@ def test_grouped_split_calls_dedupe_on_the_processed_images(kaggle, tmp_path, mo
         splits = [prepare.SPLITS[g % 3] for g in groups]
         return splits, groups
 
-    fake = types.ModuleType("scalpnet.data.dedupe")
+    fake = types.ModuleType("scalpnet.data.grouping")
     fake.assign_grouped_splits = assign_grouped_splits
-    monkeypatch.setitem(sys.modules, "scalpnet.data.dedupe", fake)
-    monkeypatch.setattr(scalpnet.data, "dedupe", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "scalpnet.data.grouping", fake)
+    monkeypatch.setattr(scalpnet.data, "grouping", fake, raising=False)
 
     out = tmp_path / "out"
     result = run(kaggle, out, split="grouped", seed=9, dedupe_threshold=0.75)

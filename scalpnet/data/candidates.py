@@ -1,0 +1,239 @@
+"""Candidate pairs: which of the N(N-1)/2 pairs are worth a geometric verification.
+
+Verifying every pair of the Kaggle set (72 million) is out of reach, so each image keeps
+``neighbours`` best partners under each of two cheap scores, and their union is verified:
+
+1. **Coarse views** of the (32, 32) fingerprints: low-frequency DCT coefficients of 8x8
+   views (whole thumbnail, centre 75%, centre turned by 30 degrees) of each thumbnail and
+   of its local-contrast map (grey 0.6, contrast 0.4), compared under all 8
+   rotations/flips, block by block: finds turned, flipped, recoloured, lightly cropped
+   copies.
+2. **Visual words** (``keypoints.word_vectors``): cosine of SIFT word histograms, as seen
+   or mirrored: finds rotations by any angle, crops, zoom and shear that change the coarse
+   views too much.
+
+Neither score says "same photo" (at 32x32 different photos of skin can look alike); only
+``verify.py`` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from scalpnet.data.fingerprints import FP_SIZE
+
+LUMA_WEIGHT = 0.6  # grey level vs local contrast in the correlation
+COARSE_SIZE = 8
+COARSE_CENTRE = 0.75  # the second coarse view: the centre 75% (robust to crops)
+COARSE_ANGLE = 30.0  # the third: the centre, turned by this many degrees
+# (query view, candidate view) compared: whole-whole, whole-centre, centre-whole, and the
+# centre against the turned centre both ways (symmetric, so each block serves both sides)
+COARSE_COMBINATIONS = ((0, 0), (0, 1), (1, 0), (1, 2), (2, 1))
+
+
+def dihedral(images: np.ndarray, d: int) -> np.ndarray:
+    """Turn d (0-7) of (..., H, W) maps: rot90 d // 2 times, then a left-right flip if d is odd."""
+    out = np.rot90(images, d // 2, axes=(-2, -1))
+    return out[..., ::-1] if d % 2 else out
+
+
+def _local_contrast(maps: np.ndarray) -> np.ndarray:
+    """(N, S, S) -> (N, S, S) standard deviation over each 3x3 neighbourhood (reflected border)."""
+    padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), mode="reflect").astype(np.float32)
+    size = maps.shape[1]
+    total = np.zeros(maps.shape, np.float32)
+    squares = np.zeros(maps.shape, np.float32)
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy : dy + size, dx : dx + size]
+            total += window
+            squares += window * window
+    mean = total / 9
+    return np.sqrt(np.maximum(squares / 9 - mean * mean, 0.0))
+
+
+def _area_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src) matrix averaging a length-``src`` signal into ``dst`` equal bins."""
+    m = np.zeros((dst, src), np.float32)
+    edges = np.linspace(0, src, dst + 1)
+    for k in range(dst):
+        for x in range(src):
+            m[k, x] = max(0.0, min(x + 1, edges[k + 1]) - max(x, edges[k]))
+    return m / m.sum(axis=1, keepdims=True)
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k, x = np.arange(n)[:, None], np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m.astype(np.float32)
+
+
+def _turned(maps: np.ndarray, angle: float) -> np.ndarray:
+    """(N, S, S) maps rotated by ``angle`` degrees about their centre (reflected border)."""
+    m = cv2.getRotationMatrix2D(((FP_SIZE - 1) / 2, (FP_SIZE - 1) / 2), angle, 1.0)
+    size = (FP_SIZE, FP_SIZE)
+    return np.stack([cv2.warpAffine(x, m, size, borderMode=cv2.BORDER_REFLECT) for x in maps])
+
+
+def _coarse_vectors(maps: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """(N, S, S) x2 -> (N, 3 views, 8 dihedrals, D) low-frequency DCT vectors, unit norm.
+
+    Views: the whole thumbnail, its centre 75%, and the centre of the thumbnail turned by
+    COARSE_ANGLE (compared with the centre view, under the 8 rotations/flips, it catches
+    copies turned by any angle within ~15 degrees of 30 or 60 plus a multiple of 90).
+    """
+    lo = COARSE_SIZE
+    u, v = np.meshgrid(np.arange(lo), np.arange(lo), indexing="ij")
+    keep = ((u + v) <= lo // 2) & ((u + v) > 0)  # a dihedral-symmetric low-pass, no DC
+    dct = _dct_matrix(lo)
+    crop = round(FP_SIZE * (1 - COARSE_CENTRE) / 2)
+    turned = (_turned(maps, COARSE_ANGLE), _turned(contrast, COARSE_ANGLE))
+    views = []
+    for lo_edge, hi_edge, sources in (
+        (0, FP_SIZE, (maps, contrast)),
+        (crop, FP_SIZE - crop, (maps, contrast)),
+        (crop, FP_SIZE - crop, turned),
+    ):
+        area = _area_matrix(hi_edge - lo_edge, lo)
+        per_dihedral = []
+        for d in range(8):
+            chans = []
+            for m in sources:
+                small = area @ dihedral(m[:, lo_edge:hi_edge, lo_edge:hi_edge], d) @ area.T
+                coef = (dct @ small @ dct.T)[:, keep]  # (N, D/2)
+                chans.append(coef / np.maximum(np.linalg.norm(coef, axis=1, keepdims=True), 1e-6))
+            weights = (math.sqrt(LUMA_WEIGHT), math.sqrt(1 - LUMA_WEIGHT))
+            joined = [w * c for w, c in zip(weights, chans, strict=True)]
+            per_dihedral.append(np.concatenate(joined, axis=1))
+        views.append(np.stack(per_dihedral, axis=1))
+    return np.ascontiguousarray(np.stack(views, axis=1), dtype=np.float32)
+
+
+@dataclass
+class Features:
+    """What the coarse search needs, derived from (N, FP_DIM) fingerprints."""
+
+    maps: np.ndarray  # (N, S, S) float32 grey thumbnails
+    coarse: np.ndarray  # (N, 3, 8, D) float32
+
+    @classmethod
+    def build(cls, fps: np.ndarray) -> Features:
+        maps = np.asarray(fps, np.float32).reshape(-1, FP_SIZE, FP_SIZE)
+        return cls(maps, _coarse_vectors(maps, _local_contrast(maps)))
+
+
+# --------------------------------------------------------------------------- comparing
+@contextmanager
+def blas_single_thread():
+    """Our own threads split the work; BLAS threads on top of them only contend."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - shipped with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _merge_top(scores: np.ndarray, index: np.ndarray, new_s: np.ndarray, new_i: np.ndarray):
+    """Keep the k best of (M, k) current and (M, m) new candidates per row."""
+    all_s = np.concatenate([scores, new_s], axis=1)
+    all_i = np.concatenate([index, new_i], axis=1)
+    keep = np.argpartition(-all_s, scores.shape[1] - 1, axis=1)[:, : scores.shape[1]]
+    return np.take_along_axis(all_s, keep, 1), np.take_along_axis(all_i, keep, 1)
+
+
+def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
+    """(B, M) -> (B, min(k, M)) column indices of each row's best entries."""
+    if block.shape[1] <= k:
+        return np.broadcast_to(np.arange(block.shape[1]), block.shape).copy()
+    return np.argpartition(-block, k - 1, axis=1)[:, :k]
+
+
+def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 512) -> np.ndarray:
+    """(P, 2) unique pairs i < j: each image with its ``neighbours`` best coarse partners.
+
+    The coarse score is symmetric, so only the blocks on and above the diagonal are
+    computed (block x N floats at a time); each block updates both its rows' and its
+    columns' running top-k.
+    """
+    n = len(f.maps)
+    k = min(neighbours, n - 1)
+    if k < 1:
+        return np.zeros((0, 2), np.int64)
+    queries = np.ascontiguousarray(f.coarse[:, :, 0])  # (N, 3, D) each image as it is
+    base = np.ascontiguousarray(f.coarse.transpose(1, 2, 3, 0))  # (3, 8, D, N) all turns
+    top_s = np.full((n, k), -np.inf, np.float32)
+    top_i = np.full((n, k), -1, np.int64)
+
+    def scores(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        (start, stop), (c0, c1) = rows, cols
+        best = np.full((stop - start, c1 - c0), -np.inf, np.float32)
+        for qv, bv in COARSE_COMBINATIONS:
+            q = queries[start:stop, qv]
+            for d in range(8):
+                np.maximum(best, q @ base[bv, d, :, c0:c1], out=best)
+        return best
+
+    with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            edges = np.linspace(start, n, workers + 1).astype(int).tolist()
+            parts = pool.map(scores, [(start, stop)] * workers, itertools.pairwise(edges))
+            best = np.concatenate(list(parts), axis=1)  # (B, N - start)
+            rows = np.arange(stop - start)
+            best[rows, rows] = -np.inf  # not itself
+            cols = _top_rows(best, k)
+            top_s[start:stop], top_i[start:stop] = _merge_top(
+                top_s[start:stop],
+                top_i[start:stop],
+                np.take_along_axis(best, cols, 1),
+                cols + start,
+            )
+            if stop < n:  # the same scores, seen from the later images
+                below = np.ascontiguousarray(best[:, stop - start :].T)  # (N - stop, B)
+                rows_of = _top_rows(below, k)
+                found = np.take_along_axis(below, rows_of, 1)
+                top_s[stop:], top_i[stop:] = _merge_top(
+                    top_s[stop:], top_i[stop:], found, rows_of + start
+                )
+    pairs = np.stack([np.repeat(np.arange(n), k), top_i.ravel()], axis=1)
+    pairs = pairs[(pairs[:, 1] >= 0) & np.isfinite(top_s.ravel())]
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def word_pairs(
+    seen: np.ndarray, mirrored: np.ndarray, neighbours: int, workers: int = 1, block: int = 512
+) -> np.ndarray:
+    """(P, 2) unique pairs i < j: each image with its ``neighbours`` best visual-word partners.
+
+    Args:
+        seen, mirrored: (N, W) unit visual-word vectors (``keypoints.word_vectors``); the
+            score of i and j is the better of j as seen and j mirrored.
+    """
+    n = len(seen)
+    k = min(neighbours, n - 1)
+    if k < 1:
+        return np.zeros((0, 2), np.int64)
+    both = np.ascontiguousarray(np.concatenate([seen, mirrored]).T)  # (W, 2N)
+
+    def rows(span: tuple[int, int]) -> np.ndarray:
+        start, stop = span
+        scores = seen[start:stop] @ both  # (B, 2N)
+        best = np.maximum(scores[:, :n], scores[:, n:])
+        best[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
+        return _top_rows(best, k)
+
+    spans = [(s, min(n, s + block)) for s in range(0, n, block)]
+    with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        partners = np.concatenate(list(pool.map(rows, spans)))  # (N, k)
+    pairs = np.stack([np.repeat(np.arange(n), k), partners.ravel()], axis=1)
+    return np.unique(np.sort(pairs, axis=1), axis=0)

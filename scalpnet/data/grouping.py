@@ -1,0 +1,270 @@
+"""Near-duplicate groups and the leak-free (grouped) split.
+
+How images end up in one group:
+
+1. SIFT keypoints of every 96x96 view (``keypoints.py``);
+2. candidate pairs: each image's best partners by coarse DCT views and by visual words
+   (``candidates.py``);
+3. every candidate pair is verified geometrically (``verify.py``): the pair score;
+4. pairs at or above the threshold are linked, strongest first, **anchored**: each group
+   keeps an anchor (its first, strongest-linked member) and two groups merge only when
+   their anchors also verify against each other, so a chain A~B~C of borderline links
+   cannot join two photos A and C that do not match;
+5. sets of images with identical pixels always share a group.
+
+Each group's consistency (how many of its members verify against its anchor) is measured
+and reported.
+
+Calibration of DEFAULT_THRESHOLD (the pair score, see verify.py): CALIBRATION below.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scalpnet.data.candidates import Features, coarse_pairs, word_pairs
+from scalpnet.data.fingerprints import Scan, same, scan_strict
+from scalpnet.data.keypoints import extract, word_vectors
+from scalpnet.data.verify import Verifier
+from scalpnet.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_THRESHOLD = 0.5  # pair score at which two images are the same photo
+DEFAULT_NEIGHBOURS = 8
+CONSISTENCY_CHECKS = 16  # members per group verified against its anchor for the report
+CALIBRATION = "see module doc"
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """How near-duplicates are found."""
+
+    threshold: float = DEFAULT_THRESHOLD  # pair score at or above which two images are one photo
+    neighbours: int = DEFAULT_NEIGHBOURS  # candidate partners per image from the coarse stage
+    workers: int | None = None  # threads; None: all cores
+
+    def check(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.neighbours < 1:
+            raise ConfigError(f"neighbours must be at least 1, got {self.neighbours}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Near-duplicate groups over N images."""
+
+    groups: np.ndarray  # (N,) int group id; ids run 0.. in order of first member
+    pairs: np.ndarray  # (P, 2) int candidate pairs (i < j)
+    scores: np.ndarray  # (P,) float32 their pair score (a lower bound below the threshold:
+    # the second orientation is not tried once the first reaches it)
+    threshold: float
+    anchors: dict[int, int]  # group id -> its anchor image (groups of 2+)
+    anchor_match: dict[int, bool]  # image -> its pair score with its anchor reaches threshold
+    refused: int  # links at the threshold whose groups' anchors did not match
+    seconds: dict[str, float]  # wall seconds per stage
+
+    def consistency(self) -> dict[int, tuple[int, int]]:
+        """Group id -> (members checked against the anchor, how many match it)."""
+        out: dict[int, tuple[int, int]] = {}
+        for i, match in self.anchor_match.items():
+            g = int(self.groups[i])
+            checked, matching = out.get(g, (0, 0))
+            out[g] = (checked + 1, matching + int(match))
+        return out
+
+    def members(self, min_size: int = 2) -> list[np.ndarray]:
+        """Image indices of each group with at least ``min_size`` members, largest first."""
+        order = np.argsort(self.groups, kind="stable")
+        _, starts, counts = np.unique(self.groups[order], return_index=True, return_counts=True)
+        found = [order[s : s + c] for s, c in zip(starts, counts, strict=True) if c >= min_size]
+        return sorted(found, key=lambda m: (-len(m), int(m[0])))
+
+
+class _Anchored:
+    """Union-find whose roots remember an anchor image; merges must pass ``agree``."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+        self.size = np.ones(n, np.int64)
+        self.anchor = np.arange(n)
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra  # the larger group keeps its anchor
+        self.size[ra] += self.size[rb]
+
+    def labels(self) -> np.ndarray:
+        roots = np.array([self.find(x) for x in range(len(self.parent))], np.int64)
+        _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[inverse]  # ids in order of each group's first member
+
+
+def find_groups(
+    scanned: Scan,
+    threshold: float = DEFAULT_THRESHOLD,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    workers: int | None = None,
+) -> Grouping:
+    """Group near-duplicate images.
+
+    Args:
+        scanned: N images' fingerprints, views and pixel digests (``fingerprints.scan``).
+        threshold: link two images when their pair score is at least this.
+        neighbours: candidates per image from the coarse stage (more: slower, fewer misses).
+        workers: threads for the comparisons; None: all cores.
+
+    Returns:
+        A :class:`Grouping`; every image has a group id, a lone image its own.
+    """
+    DedupeConfig(threshold, neighbours, workers).check()
+    workers = workers or os.cpu_count() or 1
+    clock = _Clock()
+    keypoints = extract(scanned.views, workers)
+    clock.lap("keypoints")
+    coarse = coarse_pairs(Features.build(scanned.fingerprints), neighbours, workers)
+    clock.lap("coarse candidates")
+    words = word_pairs(*word_vectors(keypoints), neighbours, workers)
+    clock.lap("visual-word candidates")
+    pairs = np.unique(np.concatenate([coarse, words]), axis=0)
+    verifier = Verifier(scanned.views, keypoints)
+    scores = verifier.scores(pairs, threshold, workers)
+    clock.lap("verification")
+    known = {(int(a), int(b)): float(s) for (a, b), s in zip(pairs, scores, strict=True)}
+
+    def agree(a: int, b: int) -> bool:
+        key = (min(a, b), max(a, b))
+        if key not in known:
+            known[key] = verifier.score(*key, enough=threshold)
+        return known[key] >= threshold
+
+    uf = _Anchored(len(scanned.fingerprints))
+    for members in same(scanned.pixel_digests):  # identical pixels: one photo, no question
+        for other in members[1:]:
+            uf.union(members[0], other)
+    refused = 0
+    linked = np.flatnonzero(scores >= threshold)
+    for p in linked[np.argsort(-scores[linked], kind="stable")].tolist():
+        ra, rb = uf.find(int(pairs[p, 0])), uf.find(int(pairs[p, 1]))
+        if ra == rb:
+            continue
+        if agree(int(uf.anchor[ra]), int(uf.anchor[rb])):
+            uf.union(ra, rb)
+        else:
+            refused += 1
+    groups = uf.labels()
+    anchors, anchor_match = {}, {}
+    order = np.argsort(groups, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
+        if len(members) < 2:
+            continue
+        anchor = int(uf.anchor[uf.find(int(members[0]))])
+        anchors[int(groups[anchor])] = anchor
+        for m in [int(m) for m in members if m != anchor][:CONSISTENCY_CHECKS]:
+            anchor_match[m] = agree(anchor, m)
+    clock.lap("grouping")
+    return Grouping(
+        groups, pairs, scores, threshold, anchors, anchor_match, refused, clock.seconds
+    )
+
+
+class _Clock:
+    """Wall seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def group_split(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 42,
+) -> list[str]:
+    """Train/val/test per image with every group inside one split, each condition near ``ratios``.
+
+    Greedy, largest groups first (ties in a seeded random order): each group goes to the
+    split where it most reduces the shortfall against the per-condition and overall
+    targets, each measured relative to its target. The many single images come last and
+    fill what is left, so counts end within a few images of the ratios.
+
+    Args:
+        groups: (N,) group id per image.
+        labels: (N, C) 0/1 condition flags.
+    """
+    groups = np.asarray(groups).reshape(-1)
+    labels = np.asarray(labels, np.float64).reshape(len(groups), -1)
+    r = np.asarray(ratios, np.float64)
+    if r.shape != (3,) or np.any(r < 0) or r.sum() <= 0:
+        raise ConfigError(f"ratios must be three non-negative numbers, got {tuple(ratios)}")
+    ids, inverse = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(ids), labels.shape[1] + 1))  # per condition, then the total
+    np.add.at(counts, inverse, np.hstack([labels, np.ones((len(groups), 1))]))
+    target = (r / r.sum())[:, None] * counts.sum(axis=0)[None, :]  # (3, C+1)
+    weight = 1.0 / np.maximum(target, 1.0)
+    current = np.zeros_like(target)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    order = order[np.argsort(-counts[order, -1], kind="stable")]
+    choice = np.empty(len(ids), np.int64)
+    for g in order.tolist():
+        c = counts[g]
+        cost = (((current + c - target) ** 2 - (current - target) ** 2) * weight).sum(axis=1)
+        cost[r == 0] = np.inf  # a split with ratio 0 gets nothing
+        choice[g] = int(np.argmin(cost))
+        current[choice[g]] += c
+    return [SPLITS[s] for s in choice[inverse].tolist()]
+
+
+def assign_grouped_splits(
+    image_paths: Sequence[Path],
+    labels: np.ndarray,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 42,
+    threshold: float | None = None,
+    workers: int | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """A leak-free split: near-duplicate images (and identical ones) always share a split.
+
+    Args:
+        image_paths: N image files (prepare passes its processed PNGs).
+        labels: (N, 10) 0/1.
+        threshold: pair score that links two images; None: DEFAULT_THRESHOLD.
+
+    Returns:
+        N split names and (N,) int group ids.
+
+    Raises:
+        InvalidImageError: a file cannot be read.
+    """
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    grouping = find_groups(scan_strict(list(image_paths), workers), threshold, workers=workers)
+    return group_split(grouping.groups, labels, ratios, seed), grouping.groups
+
