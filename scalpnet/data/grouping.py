@@ -6,14 +6,14 @@ How images end up in one group:
 2. candidate pairs: each image's best partners by coarse DCT views and by visual words
    (``candidates.py``);
 3. every candidate pair is verified geometrically (``verify.py``): the pair score;
-4. pairs at or above the threshold are linked, strongest first, **anchored**: each group
-   keeps an anchor (its first, strongest-linked member) and two groups merge only when
-   their anchors also verify against each other, so a chain A~B~C of borderline links
-   cannot join two photos A and C that do not match;
+4. pairs at or above the threshold are linked, strongest first, and two groups merge
+   only when **most** of the cross pairs between their first ``MERGE_CHECKS`` members
+   verify too (strictly more than half), so a chain A~B~C of borderline links cannot
+   join two photos A and C that do not match;
 5. sets of images with identical pixels always share a group.
 
-Each group's consistency (how many of its members verify against its anchor) is measured
-and reported.
+Each group's consistency (how many of its members verify against its anchor, the member
+that founded it) is measured and reported.
 
 Calibration of DEFAULT_THRESHOLD (the pair score, see verify.py): CALIBRATION below.
 """
@@ -37,6 +37,7 @@ from scalpnet.errors import ConfigError
 SPLITS = ("train", "val", "test")
 DEFAULT_THRESHOLD = 0.5  # pair score at which two images are the same photo
 DEFAULT_NEIGHBOURS = 8
+MERGE_CHECKS = 3  # members of each group whose cross pairs decide a merge
 CONSISTENCY_CHECKS = 16  # members per group verified against its anchor for the report
 CALIBRATION = "see module doc"
 
@@ -69,7 +70,7 @@ class Grouping:
     threshold: float
     anchors: dict[int, int]  # group id -> its anchor image (groups of 2+)
     anchor_match: dict[int, bool]  # image -> its pair score with its anchor reaches threshold
-    refused: int  # links at the threshold whose groups' anchors did not match
+    refused: int  # links at the threshold whose groups did not mostly match
     seconds: dict[str, float]  # wall seconds per stage
 
     def consistency(self) -> dict[int, tuple[int, int]]:
@@ -90,12 +91,15 @@ class Grouping:
 
 
 class _Anchored:
-    """Union-find whose roots remember an anchor image; merges must pass ``agree``."""
+    """Union-find whose roots remember their first members (the first is the anchor)."""
 
     def __init__(self, n: int) -> None:
         self.parent = np.arange(n)
         self.size = np.ones(n, np.int64)
-        self.anchor = np.arange(n)
+        self.first: dict[int, list[int]] = {}  # root -> up to MERGE_CHECKS members
+
+    def leaders(self, root: int) -> list[int]:
+        return self.first.get(root, [root])
 
     def find(self, x: int) -> int:
         root = x
@@ -113,6 +117,8 @@ class _Anchored:
             ra, rb = rb, ra
         self.parent[rb] = ra  # the larger group keeps its anchor
         self.size[ra] += self.size[rb]
+        self.first[ra] = (self.leaders(ra) + self.leaders(rb))[:MERGE_CHECKS]
+        self.first.pop(rb, None)
 
     def labels(self) -> np.ndarray:
         roots = np.array([self.find(x) for x in range(len(self.parent))], np.int64)
@@ -170,7 +176,8 @@ def find_groups(
         ra, rb = uf.find(int(pairs[p, 0])), uf.find(int(pairs[p, 1]))
         if ra == rb:
             continue
-        if agree(int(uf.anchor[ra]), int(uf.anchor[rb])):
+        votes = [agree(x, y) for x in uf.leaders(ra) for y in uf.leaders(rb)]
+        if 2 * sum(votes) > len(votes):
             uf.union(ra, rb)
         else:
             refused += 1
@@ -180,14 +187,12 @@ def find_groups(
     for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
         if len(members) < 2:
             continue
-        anchor = int(uf.anchor[uf.find(int(members[0]))])
+        anchor = uf.leaders(uf.find(int(members[0])))[0]
         anchors[int(groups[anchor])] = anchor
         for m in [int(m) for m in members if m != anchor][:CONSISTENCY_CHECKS]:
             anchor_match[m] = agree(anchor, m)
     clock.lap("grouping")
-    return Grouping(
-        groups, pairs, scores, threshold, anchors, anchor_match, refused, clock.seconds
-    )
+    return Grouping(groups, pairs, scores, threshold, anchors, anchor_match, refused, clock.seconds)
 
 
 class _Clock:
@@ -267,4 +272,3 @@ def assign_grouped_splits(
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     grouping = find_groups(scan_strict(list(image_paths), workers), threshold, workers=workers)
     return group_split(grouping.groups, labels, ratios, seed), grouping.groups
-

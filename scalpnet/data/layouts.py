@@ -169,8 +169,10 @@ def _discover_folder(root: Path, exclude: Path | None) -> Discovery:
             if other not in split_dirs:
                 raise DatasetError(
                     f"'{root}' mixes split folders ({', '.join(p.name for p in split_dirs)}) "
-                    f"with '{other.name}'; expected only train/, val/ (or valid/, validation/) "
-                    "and test/"
+                    f"with '{other.name}/', which is not a split this program knows (train/, "
+                    "val/ or valid/ or validation/, test/); move or remove "
+                    f"'{other}', or point --data at the folder that holds only "
+                    "train/ val/ test/"
                 )
         seen: dict[str, Path] = {}
         for split_dir in split_dirs:

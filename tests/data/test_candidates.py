@@ -1,0 +1,33 @@
+"""Candidate pairs: turned copies by coarse views, any-angle copies by visual words."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from scalpnet.data import candidates, copies, keypoints
+from scalpnet.data.fingerprints import Scan
+
+
+def photo(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    return cv2.resize(small, (256, 256), interpolation=cv2.INTER_CUBIC)
+
+
+def test_each_copy_is_a_candidate_of_its_photo():
+    originals = [photo(s) for s in range(30)]
+    turned = [copies.turn(originals[k], 1 + k % 7) for k in range(5)]
+    rotated = [copies.plant(originals[k], np.random.default_rng(k), ("rotate",))[0]
+               for k in range(5, 10)]  # fmt: skip
+    scanned = Scan.of_images(originals + turned + rotated)
+    coarse = {tuple(p) for p in candidates.coarse_pairs(
+        candidates.Features.build(scanned.fingerprints), 4, workers=2).tolist()}  # fmt: skip
+    words = candidates.word_pairs(
+        *keypoints.word_vectors(keypoints.extract(scanned.views, 2)), 4, workers=2
+    )
+    words = {tuple(p) for p in words.tolist()}
+    assert all((k, 30 + k) in coarse for k in range(5))
+    assert sum((k, 30 + k) in (coarse | words) for k in range(5, 10)) >= 4
+    for pairs in (coarse, words):
+        assert all(a < b for a, b in pairs) and len(pairs) <= 4 * 40
