@@ -231,9 +231,11 @@ def _add_audit(verbs) -> Handler:
     p = verbs.add_parser(
         "audit",
         help="find the same photo across train, val and test (leakage audit)",
-        description="Group near-duplicate images (rotated, flipped, cropped, greyscale or "
-        "re-encoded copies of one photo) and report how many cross the splits. Writes "
-        "audit.json, groups.csv and contact_sheet.png into --out.",
+        description="Group near-duplicate images (turned, flipped, rotated, cropped, zoomed, "
+        "sheared, greyscale, recoloured or re-encoded copies of one photo), each pair checked "
+        "geometrically (SIFT matches, one RANSAC affine transform, the aligned fine texture "
+        "must correlate), and report how many groups cross the splits. Writes audit.json, "
+        "groups.csv and contact_sheet.png into --out.",
     )
     p.add_argument(
         "--data",
@@ -248,22 +250,23 @@ def _add_audit(verbs) -> Handler:
         default=Path("reports/audit"),
         help="folder for the report files (default: reports/audit under the current folder)",
     )
-    # Defaults live in scalpnet.data.dedupe (not imported here, to keep --help fast);
-    # tests/data/test_dedupe.py checks that these help texts quote them.
+    # Defaults live in scalpnet.data.grouping (not imported here, to keep --help fast);
+    # tests/data/test_audit.py checks that these help texts quote them.
     p.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="similarity (0-1) at which two images count as the same photo "
-        "(default 0.93, calibrated on real Kaggle twins; lower finds more "
-        "copies and risks merging different photos)",
+        help="pair score (0-1: correlation of the aligned fine texture) at which two "
+        "images count as the same photo (default 0.5, calibrated on planted copies of "
+        "214 real photos: see README; lower finds more copies and risks joining "
+        "different photos of one patient)",
     )
     p.add_argument(
         "--neighbours",
         type=int,
         default=None,
-        help="candidate partners checked per image (default 8; more is slower "
-        "and misses fewer copies)",
+        help="candidate partners verified per image and per search (default 8; more is "
+        "slower and misses fewer copies)",
     )
     p.add_argument(
         "--workers", type=int, default=None, help="parallel threads (default: all cores)"
@@ -273,19 +276,19 @@ def _add_audit(verbs) -> Handler:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet.data import dedupe
+        from scalpnet.data import audit, grouping
 
-        config = dedupe.AuditConfig(
+        config = audit.AuditConfig(
             data=args.data,
             out=args.out,
-            threshold=dedupe.DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
-            neighbours=dedupe.DEFAULT_NEIGHBOURS if args.neighbours is None else args.neighbours,
+            threshold=grouping.DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+            neighbours=grouping.DEFAULT_NEIGHBOURS if args.neighbours is None else args.neighbours,
             workers=args.workers,
             sheet_groups=args.sheet_groups,
         )
-        result = dedupe.audit(config)
-        written = dedupe.write_audit(result, config.out, config.sheet_groups)
-        print(dedupe.summary(result))
+        result = audit.audit(config)
+        written = audit.write_audit(result, config.out, config.sheet_groups)
+        print(audit.summary(result))
         print(f"Wrote {', '.join(str(path) for path in written.values())}")
         return 0
 

@@ -144,14 +144,15 @@ def _build_report(result: AuditResult, config: AuditConfig) -> dict:
         "method": "candidates: low-frequency DCT views of 32x32 grey thumbnails under 8 "
         "rotations/flips, then a template correlation; pair score: SIFT matches on 96x96 "
         "views, one RANSAC affine transform, correlation of the aligned fine texture; groups: "
-        "links at the threshold, strongest first, merged only when the groups' anchors match",
+        "links at the threshold, strongest first, two groups merged only when most cross "
+        "pairs of their first members match too",
         "groups": {
             "count": len(members),
             "images": int(sum(len(m) for m in members)),
             "largest": len(members[0]) if members else 0,
             "sizes": {str(k): v for k, v in sorted(Counter(len(m) for m in members).items())},
             "with_different_labels": labels_differ,
-            "links_refused_by_anchor_check": result.grouping.refused,
+            "links_refused_by_merge_check": result.grouping.refused,
             "members_checked_against_anchor": checked,
             "members_matching_anchor": matching,
             "least_consistent": least,
@@ -159,6 +160,7 @@ def _build_report(result: AuditResult, config: AuditConfig) -> dict:
         "leakage": _leakage(result.splits, result.labels, result.grouping),
         "exact_duplicates": {kind: exact(kind) for kind in ("same_bytes", "same_pixels")},
         "elapsed_seconds": round(result.elapsed, 2),
+        "stage_seconds": result.grouping.seconds,
     }
 
 
@@ -305,6 +307,9 @@ def summary(result: AuditResult) -> str:
         f"(threshold {r['threshold']:.2f}, {len(r['skipped'])} skipped).",
         f"Near-duplicate groups: {g['count']} holding {g['images']} images "
         f"(largest {g['largest']}; {g['with_different_labels']} groups mix labels).",
+        f"Consistency: {g['members_matching_anchor']} of {g['members_checked_against_anchor']} "
+        f"members checked match their group's anchor; {g['links_refused_by_merge_check']} "
+        "links refused because the groups they would join did not match.",
     ]
     leak = r["leakage"]
     if leak is None:
