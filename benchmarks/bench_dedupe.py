@@ -195,7 +195,7 @@ def run_real(args, folder: Path) -> None:
         wall, cpu = time.perf_counter() - w, _cpu() - c
         r = pair_scores(truth, found.groups)
         _row(f"ours at {threshold} ({wall:.1f} s, {cpu:.1f} s CPU)", r)
-        print(f"    {len(found.pairs)} pairs verified; links refused by the anchor check: "
+        print(f"    {len(found.pairs)} pairs verified; links refused by the merge check: "
               f"{found.refused}; stages (s wall): {found.seconds}")  # fmt: skip
         missed = Counter()
         for k, names in enumerate(families):

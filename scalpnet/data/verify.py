@@ -31,6 +31,7 @@ RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 1.5  # reprojection error allowed, pixels of the 96x96 view
 RANSAC_ITERATIONS = 500
 MIN_MATCHES = 6  # fewer matches than this: no transform, score 0
+MIN_INLIERS = 5  # fewer RANSAC inliers than this: no transform, score 0
 HIGHPASS_SIGMA = 1.5  # pixels of the 96x96 view
 MIN_OVERLAP = 0.15  # of the view: a smaller common area cannot be judged, score 0
 
@@ -68,12 +69,13 @@ class Verifier:
         good = [m[0] for m in found if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
         if len(good) < MIN_MATCHES:
             return None
-        src = pb[[m.queryIdx for m in good]]
-        dst = pa[[m.trainIdx for m in good]]
-        matrix, _ = cv2.estimateAffine2D(
+        src, dst = pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]]
+        matrix, inliers = cv2.estimateAffine2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS,
             maxIters=RANSAC_ITERATIONS,
         )  # fmt: skip
+        if matrix is None or inliers.sum() < MIN_INLIERS:
+            return None
         return matrix
 
     def aligned_correlation(self, a: int, b: int, mirrored: bool, matrix: np.ndarray) -> float:
