@@ -161,8 +161,8 @@ def run_synthetic(args, folder: Path) -> None:
     base = pair_scores(truth, exact)
     scan_name = "decode + fingerprint + view (scan)"
     print(f"  {scan_name:<38} {w1 - w0:7.1f} s wall {c1 - c0:7.1f} s CPU")
-    for name, wall in found.seconds.items():
-        print(f"    {name:<36} {wall:7.1f} s wall")
+    for name, took in found.seconds.items():
+        print(f"    {name:<36} {took['wall']:7.1f} s wall {took['cpu']:7.1f} s CPU")
     print(f"  {'find_groups':<38} {w2 - w1:7.1f} s wall {c2 - c1:7.1f} s CPU  "
           f"{len(found.pairs)} pairs verified")  # fmt: skip
     print(f"  {'ours, end to end (scan + find_groups)':<38} {w2 - w0:7.1f} s wall "
@@ -196,7 +196,8 @@ def run_real(args, folder: Path) -> None:
         r = pair_scores(truth, found.groups)
         _row(f"ours at {threshold} ({wall:.1f} s, {cpu:.1f} s CPU)", r)
         print(f"    {len(found.pairs)} pairs verified; links refused by the merge check: "
-              f"{found.refused}; stages (s wall): {found.seconds}")  # fmt: skip
+              f"{found.refused}; CPU s per stage: "
+              f"{ {k: v['cpu'] for k, v in found.seconds.items()} }")  # fmt: skip
         missed = Counter()
         for k, names in enumerate(families):
             if names and found.groups[k] != found.groups[np.flatnonzero(truth == truth[k])[0]]:
