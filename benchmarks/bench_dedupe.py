@@ -21,6 +21,7 @@ Making the images is not timed. Baseline in the same run: exact pixel hashes (th
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import os
 import resource
@@ -82,25 +83,8 @@ def make_synthetic(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], np.
 
 
 REAL_NAMES = [f"{p.parent.name}/{p.name}" for p in sorted(REAL_PHOTOS.glob("*/*.jpg"))]
-# Pairs of real_photos files that are the same photo (found by this audit, confirmed by eye:
-# same hair and scale; three pairs sit in different condition folders). Kept in step with
-# tests/data/test_grouping.py.
-REAL_SAME_PHOTO = [
-    ("Alopecia Areata/1324__WatermarkedWyJXYXRlcm1hcmtlZCJd.jpg",
-     "Alopecia Areata/alopecia-areata-00001__WatermarkedWyJXYXRlcm1hcmtlZCJd.jpg"),
-    ("Alopecia Areata/alopecia-areata-19.jpg", "Alopecia Areata/alopecia-areata-20.jpg"),
-    ("Alopecia Areata/alopecia-areata-64.jpg", "Alopecia Areata/alopecia-areata-66.jpg"),
-    ("Psoriasis/psoriasis-scalp-20.jpg", "Psoriasis/psoriasis-scalp-26.jpg"),
-    ("Psoriasis/psoriasis-scalp-69.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-6.jpg"),
-    ("Psoriasis/psoriasis-scalp-70.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-5.jpg"),
-    ("Psoriasis/psoriasis-scalp-73.jpg", "Psoriasis/psoriasis-scalp-74.jpg"),
-    ("Tinea Capitis/tinea-scalp-39.jpg", "Tinea Capitis/tinea-scalp-8.jpg"),
-    ("Tinea Capitis/tinea-scalp-10.jpg", "Tinea Capitis/tinea-scalp-32.jpg"),
-    ("Tinea Capitis/tinea-scalp-43.jpg", "Tinea Capitis/tinea-scalp-70.jpg"),
-    ("Seborrheic Dermatitis/08TineaAmiantacea.jpg", "Seborrheic Dermatitis/08TineaAmiantacea1.jpg"),
-    # turned by 180 degrees, the watermark put back upright
-    ("Psoriasis/psoriasis-scalp-32.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-136.jpg"),
-]  # fmt: skip
+# Pairs of real_photos files that are one photo (found by the audit, confirmed by eye)
+SAME_PHOTO_CSV = Path(__file__).resolve().parents[1] / "tests/data/real_photos_same_photo.csv"
 
 
 def make_real(folder: Path, per_photo: int, seed: int = 0):
@@ -182,7 +166,9 @@ def run_real(args, folder: Path) -> None:
         print(f"\n== real: skipped, no fixtures at {REAL_PHOTOS}")
         return
     paths, truth, families = make_real(folder, args.copies)
-    for a, b in REAL_SAME_PHOTO:  # one photo: its copies are one planted group
+    with open(SAME_PHOTO_CSV, newline="") as handle:
+        same_photo = [(row["first"], row["second"]) for row in csv.DictReader(handle)]
+    for a, b in same_photo:  # one photo: its copies are one planted group
         truth[truth == REAL_NAMES.index(b)] = REAL_NAMES.index(a)
     print(f"\n== real: {len(paths)} images ({len(np.unique(truth))} real photos, "
           f"{args.copies} planted copies each); load {os.getloadavg()[0]:.1f}")  # fmt: skip

@@ -8,8 +8,8 @@ Real-photo ground truth:
   EXTRA_TWINS are the same photo too, and the web photos 45/46 are byte-identical. UNSURE
   lists links that may be the same photo under a large crop.
 * fixtures/real_photos: "distinct as far as is known"; the audit found the pairs in
-  REAL_SAME_PHOTO, and each was confirmed by eye (same hair and scale; three pairs sit in
-  different condition folders). Kept in step with benchmarks/bench_dedupe.py.
+  real_photos_same_photo.csv (beside this file; the benchmark reads it too), and each was
+  confirmed by eye (same hair and scale; three pairs sit in different condition folders).
 """
 
 from __future__ import annotations
@@ -46,22 +46,12 @@ UNSURE = [
     ("alopecia_areata_0387", "alopecia_areata_0339"),
     ("alopecia_areata_0119", "alopecia_areata_0877"),
 ]
-REAL_SAME_PHOTO = [
-    ("Alopecia Areata/1324__WatermarkedWyJXYXRlcm1hcmtlZCJd.jpg",
-     "Alopecia Areata/alopecia-areata-00001__WatermarkedWyJXYXRlcm1hcmtlZCJd.jpg"),
-    ("Alopecia Areata/alopecia-areata-19.jpg", "Alopecia Areata/alopecia-areata-20.jpg"),
-    ("Alopecia Areata/alopecia-areata-64.jpg", "Alopecia Areata/alopecia-areata-66.jpg"),
-    ("Psoriasis/psoriasis-scalp-20.jpg", "Psoriasis/psoriasis-scalp-26.jpg"),
-    ("Psoriasis/psoriasis-scalp-69.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-6.jpg"),
-    ("Psoriasis/psoriasis-scalp-70.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-5.jpg"),
-    ("Psoriasis/psoriasis-scalp-73.jpg", "Psoriasis/psoriasis-scalp-74.jpg"),
-    ("Tinea Capitis/tinea-scalp-39.jpg", "Tinea Capitis/tinea-scalp-8.jpg"),
-    ("Tinea Capitis/tinea-scalp-10.jpg", "Tinea Capitis/tinea-scalp-32.jpg"),
-    ("Tinea Capitis/tinea-scalp-43.jpg", "Tinea Capitis/tinea-scalp-70.jpg"),
-    ("Seborrheic Dermatitis/08TineaAmiantacea.jpg", "Seborrheic Dermatitis/08TineaAmiantacea1.jpg"),
-    # turned by 180 degrees, the watermark put back upright
-    ("Psoriasis/psoriasis-scalp-32.jpg", "Seborrheic Dermatitis/seborrheic-dermatitis-136.jpg"),
-]  # fmt: skip
+
+
+def real_same_photo() -> list[tuple[str, str]]:
+    """Pairs of real_photos files (condition/file) that are one photo."""
+    with open(Path(__file__).with_name("real_photos_same_photo.csv"), newline="") as handle:
+        return [(row["first"], row["second"]) for row in csv.DictReader(handle)]
 
 
 def components(n: int, links: list[tuple[int, int]]) -> np.ndarray:
@@ -101,16 +91,17 @@ def real_photos():
 @pytest.mark.slow
 def test_no_two_different_real_photos_are_joined(real_photos):
     names, images = real_photos
+    same_photo = real_same_photo()
     scanned = Scan.of_images([to_model_input(rgb, 256) for rgb in images])
     found = grouping.find_groups(scanned)
-    allowed = components(len(names), [(names.index(a), names.index(b)) for a, b in REAL_SAME_PHOTO])
+    allowed = components(len(names), [(names.index(a), names.index(b)) for a, b in same_photo])
     wrong = joined_wrongly(found.groups, allowed)
     assert not wrong, [[names[i] for i in m] for m in wrong]
     # most known same-photo pairs are found from the originals alone (9 of 12 when this was
     # written; the other three are heavier crops, joined at lower thresholds or via copies)
     together = sum(found.groups[names.index(a)] == found.groups[names.index(b)]
-                   for a, b in REAL_SAME_PHOTO)  # fmt: skip
-    print(f"\nknown same-photo pairs of real_photos found: {together} of {len(REAL_SAME_PHOTO)}")
+                   for a, b in same_photo)  # fmt: skip
+    print(f"\nknown same-photo pairs of real_photos found: {together} of {len(same_photo)}")
     assert together >= 8
 
 
