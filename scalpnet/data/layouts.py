@@ -5,7 +5,7 @@ val spelled val, valid or validation), a flat folder of class folders, and a CSV
 paths with one 0/1 column per condition (multi-label) or one label column. It returns
 :class:`Item` values (source path, a stable key, (10,) 0/1 labels, the split the input
 assigns) and the files it had to skip with the reason. Used by ``prepare`` and by the
-leakage audit (``dedupe``), so both read a dataset the same way.
+leakage audit (``audit``), so both read a dataset the same way.
 """
 
 from __future__ import annotations
