@@ -44,6 +44,7 @@ _LABEL_COLUMNS = ("label", "labels", "class", "condition", "conditions", "diagno
 _RESERVED_COLUMNS = {"split", "source", "group", *_LABEL_COLUMNS}
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
 
+
 @dataclass(frozen=True)
 class Item:
     """One labelled source image found in the input."""
