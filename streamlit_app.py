@@ -222,7 +222,7 @@ def show_result(predictor, prediction, language: str, t) -> None:
 
 def show_explanation(prediction, settings, language: str, t) -> app_state.Explanation:
     """The advisor's explanation, streamed once per (image, language) and then remembered."""
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.advice import stream_advice
 
     st.subheader(t["explanation_header"])
     key = (prediction.image_sha256, language)
@@ -231,7 +231,7 @@ def show_explanation(prediction, settings, language: str, t) -> app_state.Explan
     if key in explanations:
         st.markdown(explanations[key].text)
     else:
-        advice = advisor.stream_advice(
+        advice = stream_advice(
             prediction,
             language,
             api_key=settings.gemini_api_key,
@@ -272,7 +272,7 @@ def show_downloads(report: dict, t) -> None:
 
 def show_chat(prediction, explanation, settings, language: str, t) -> None:
     """Follow-up questions about this result, answered by the advisor (streamed)."""
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.advice import follow_up
 
     st.subheader(t["chat_header"])
     if not settings.gemini_api_key:
@@ -287,7 +287,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
     with st.chat_message("user"):
         st.markdown(question)
     with st.chat_message("assistant"):
-        answer = advisor.follow_up(
+        answer = follow_up(
             prediction,
             [{"role": "assistant", "content": explanation.text}, *history],
             question,

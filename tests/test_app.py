@@ -234,11 +234,11 @@ def test_synthetic_upload_shows_the_predictors_numbers_and_fact_sheets(
     assert_shows(at, reference, synthetic_jpeg)
     assert len(at.get("image")) >= 1  # the photo
     # No key: the offline fact sheet, its label, and the advisor's reason.
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.facts import fact_sheet
 
     page = all_text(at)
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
-    assert advisor.fact_sheet(top_key, "en")["summary"] in page
+    assert fact_sheet(top_key, "en")["summary"] in page
     assert EN["source_offline"] in page
     assert "no Gemini API key" in page
     assert not any(EN["ood_warning"][:40] in w.value for w in at.warning)
@@ -285,11 +285,11 @@ def test_language_switch_changes_labels_names_and_explanation(env, synthetic_jpe
     assert_no_error(at)
     assert at.title[0].value == KO["title"]
     assert_shows(at, reference, synthetic_jpeg, "ko")
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.facts import fact_sheet
 
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
     page = all_text(at)
-    assert advisor.fact_sheet(top_key, "ko")["summary"] in page
+    assert fact_sheet(top_key, "ko")["summary"] in page
     assert KO["source_offline"] in page
     assert EN["source_offline"] not in page
     assert [b.label for b in at.get("download_button")] == [

@@ -34,7 +34,7 @@ SETTING_NAMES = (
     "SCALPNET_MODEL_SHA256",  # ... and its required SHA-256
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",  # the SDK's other name for the key; wins over GEMINI_API_KEY
-    # Read by scalpnet.serve.advisor.AdvisorConfig.from_env; tests point the SDK at a local fake.
+    # Read by AdvisorConfig.from_env (serve/advisor/config.py); tests point the SDK at a fake.
     "GEMINI_MODEL",
     "GEMINI_BASE_URL",
     "GEMINI_API_VERSION",
@@ -465,6 +465,6 @@ def advisor_config(settings: Settings):
     The app shows the advisor's notice itself (``st.info``), so it is not repeated
     inside the streamed text.
     """
-    from scalpnet.serve.advisor import AdvisorConfig
+    from scalpnet.serve.advisor.config import AdvisorConfig
 
     return AdvisorConfig.from_env(settings.advisor, inline_notice=False)
