@@ -15,9 +15,10 @@ from pathlib import Path
 import streamlit as st
 
 from scalpnet.app import state as app_state
-from scalpnet.app.text import LANGUAGE_NAMES, text
+from scalpnet.app.text import LANGUAGE_NAMES, image_problem, text
 from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
+from scalpnet.quiet import quiet_tensorflow
 
 APP_DIR = Path(__file__).resolve().parent
 DISPLAY_SIDE = 720  # JPEGs are decoded at reduced scale down to this side for display
@@ -306,6 +307,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
 
 # --------------------------------------------------------------------------- the page
 def main() -> None:
+    quiet_tensorflow()  # no TensorFlow start-up notices unless TF_CPP_MIN_LOG_LEVEL is set
     st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
     keep_tensorflow_warm_between_reruns()
     language = choose_language()
@@ -343,7 +345,8 @@ def main() -> None:
         prediction = predict(predictor, data, sha)
         photo = display_photo(data, sha)
     except InvalidImageError as error:
-        st.error(t["bad_image"].format(reason=error, limit=app_state.MAX_UPLOAD_MB))
+        reason = image_problem(error, language)
+        st.error(t["bad_image"].format(reason=reason, limit=app_state.MAX_UPLOAD_MB))
         return
 
     left, right = st.columns([2, 3], gap="large")

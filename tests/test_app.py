@@ -8,6 +8,7 @@ check it draws exactly that.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +360,21 @@ def test_bad_upload_shows_one_message_and_the_next_upload_works(env, reference, 
     at = upload(at, "scalp.jpg", synthetic_jpeg)
     assert_no_error(at)
     assert_shows(at, reference, synthetic_jpeg)
+
+
+def test_bad_upload_on_the_korean_page_is_explained_in_korean(env):
+    at = new_app()
+    at.radio(key="language").set_value("ko").run()
+    at = upload(at, "photo.jpg", b"this is not a photo at all")
+    assert not at.exception and len(at.error) == 1
+    message = at.error[0].value
+    assert message.startswith(KO["bad_image"].split(":")[0])
+    assert KO["problem_not_an_image"] in message
+    # Latin letters only in format names and units, never an English reason.
+    assert set(re.findall(r"[A-Za-z]+", message)) <= {"MB", "JPEG", "PNG", "WebP", "HEIC"}
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "테스트 분할 기준" in sidebar and "유사 사진 묶음 분할" in sidebar
+    assert "grouped" not in sidebar and " test " not in sidebar
 
 
 def test_upload_over_the_limit_is_refused(env, synthetic_jpeg):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scalpnet.app.text import text
+from scalpnet.app.text import split_name, text
 from scalpnet.errors import InvalidImageError, ModelNotFoundError
 from scalpnet.labels import CONDITIONS
 from scalpnet.serve.prediction import Prediction
@@ -232,11 +232,12 @@ def metric_lines(metrics: Mapping | None, language: str) -> list[str]:
     summary = metrics_summary(metrics)
     lines = []
     if summary.get("split"):
-        scheme = summary.get("split_scheme") or "?"
         count = summary.get("n_images")
         lines.append(
             t["metric_split"].format(
-                split=summary["split"], scheme=scheme, n="?" if count is None else count
+                split=split_name("split", summary["split"], language),
+                scheme=split_name("scheme", summary.get("split_scheme"), language),
+                n="?" if count is None else count,
             )
         )
     for name, _ in METRIC_FIELDS:
@@ -257,11 +258,12 @@ def check_upload(data: bytes, language: str, limit_mb: int = MAX_UPLOAD_MB) -> N
     """Refuse uploads over the size limit before decoding them.
 
     Raises:
-        InvalidImageError: with a message in ``language``.
+        InvalidImageError: reason "file_too_large", with a message in ``language``.
     """
     if len(data) > limit_mb * 1024 * 1024:
-        message = text(language)["too_large"].format(size=len(data) / 2**20, limit=limit_mb)
-        raise InvalidImageError(message)
+        size = len(data) / 2**20
+        message = text(language)["problem_file_too_large"].format(size=size, limit=limit_mb)
+        raise InvalidImageError(message, "file_too_large", size=size, limit=limit_mb)
 
 
 # --------------------------------------------------------------------------- chart
