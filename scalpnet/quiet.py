@@ -12,13 +12,13 @@ Python warnings and our own log lines are untouched.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator, MutableMapping
+
+from scalpnet.import_hooks import on_import
 
 LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
 # 2: the C++ runtime's INFO and WARNING lines are hidden; its errors still show.
@@ -48,10 +48,8 @@ def quiet_tensorflow(
     if verbose or LOG_LEVEL_ENV in environ:
         return False
     environ[LOG_LEVEL_ENV] = QUIET_LEVEL
-    if "tensorflow" not in sys.modules and not any(
-        isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    if "tensorflow" not in sys.modules:
+        on_import("tensorflow", _import_quietly)
     return True
 
 
@@ -80,29 +78,14 @@ def filtered_stderr() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """One-shot import hook: import ``tensorflow`` and list its devices inside
-    :func:`filtered_stderr` (listing devices is what prints the cuInit error), and turn
-    absl's Python warnings down to errors."""
+def _import_quietly(load, module) -> None:
+    """Import ``tensorflow`` and list its devices (which prints the cuInit error) inside
+    :func:`filtered_stderr`; turn absl's Python warnings down to errors."""
+    with filtered_stderr():
+        load(module)
+        with contextlib.suppress(Exception):  # listing is only to print early
+            module.config.list_physical_devices()
+    with contextlib.suppress(ImportError):
+        from absl import logging as absl_logging
 
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("tensorflow")
-        if spec is None or spec.loader is None:
-            return spec
-        load = spec.loader.exec_module
-
-        def load_quietly(module):
-            with filtered_stderr():
-                load(module)
-                with contextlib.suppress(Exception):  # listing is only to print early
-                    module.config.list_physical_devices()
-            with contextlib.suppress(ImportError):
-                from absl import logging as absl_logging
-
-                absl_logging.set_verbosity(absl_logging.ERROR)
-
-        spec.loader.exec_module = load_quietly
-        return spec
+        absl_logging.set_verbosity(absl_logging.ERROR)

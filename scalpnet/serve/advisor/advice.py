@@ -125,21 +125,10 @@ def stream_advice(
     """
     config = config or AdvisorConfig()
     language = check_language(language)
-
-    def produce(advice: Advice) -> Iterator[str]:
-        limit = config.max_grounded_conditions
-        fallback = functools.partial(offline_explanation, prediction, language, limit)
-        yield from _run(
-            advice,
-            turns=lambda: [("user", build_prompt(prediction, language, limit))],
-            language=language,
-            fallback=fallback,
-            api_key=api_key,
-            config=config,
-            sleep=sleep,
-        )
-
-    return Advice(produce, language)
+    limit = config.max_grounded_conditions
+    turns = functools.partial(_first_turn, prediction, language, limit)
+    fallback = functools.partial(offline_explanation, prediction, language, limit)
+    return _advice(turns, fallback, language, api_key, config, sleep)
 
 
 def follow_up(
@@ -157,31 +146,51 @@ def follow_up(
     """
     config = config or AdvisorConfig()
     language = check_language(language)
+    if not isinstance(question, str) or not question.strip():
+        return Advice(functools.partial(_empty_question, language=language), language)
+    turns = functools.partial(
+        build_conversation, prediction, history or (), question, language, config
+    )
     limit = config.max_grounded_conditions
     fallback = functools.partial(follow_up_offline, prediction, language, limit)
+    return _advice(turns, fallback, language, api_key, config, sleep)
 
-    def produce(advice: Advice) -> Iterator[str]:
-        if not isinstance(question, str) or not question.strip():
-            advice.source, advice.reason = "offline", Reason.EMPTY_QUESTION
-            advice.notice = message("notices", Reason.EMPTY_QUESTION, language)
-            yield advice.notice
-            return
-        yield from _run(
-            advice,
-            turns=lambda: build_conversation(prediction, history or (), question, language, config),
-            language=language,
-            fallback=fallback,
-            api_key=api_key,
-            config=config,
-            sleep=sleep,
-        )
 
-    return Advice(produce, language)
+def _first_turn(prediction: Prediction, language: str, limit: int) -> list[tuple[str, str]]:
+    return [("user", build_prompt(prediction, language, limit))]
+
+
+def _empty_question(advice: Advice, language: str) -> Iterator[str]:
+    """What a blank follow-up question gets: a notice asking for one, and no request."""
+    advice.source, advice.reason = "offline", Reason.EMPTY_QUESTION
+    advice.notice = message("notices", Reason.EMPTY_QUESTION, language)
+    yield advice.notice
 
 
 # ---------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------
+
+
+def _advice(
+    turns: Callable[[], list[tuple[str, str]]],
+    fallback: Callable[[], str],
+    language: str,
+    api_key: str | None,
+    config: AdvisorConfig,
+    sleep: Callable[[float], None],
+) -> Advice:
+    """An `Advice` that asks Gemini with ``turns`` and falls back to ``fallback()``."""
+    produce = functools.partial(
+        _run,
+        turns=turns,
+        language=language,
+        fallback=fallback,
+        api_key=api_key,
+        config=config,
+        sleep=sleep,
+    )
+    return Advice(produce, language)
 
 
 def _run(
