@@ -15,9 +15,10 @@ from pathlib import Path
 import streamlit as st
 
 from scalpnet.app import state as app_state
-from scalpnet.app.text import LANGUAGE_NAMES, text
+from scalpnet.app.text import LANGUAGE_NAMES, image_problem, text
 from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
+from scalpnet.quiet import quiet_tensorflow
 
 APP_DIR = Path(__file__).resolve().parent
 DISPLAY_SIDE = 720  # JPEGs are decoded at reduced scale down to this side for display
@@ -222,7 +223,7 @@ def show_result(predictor, prediction, language: str, t) -> None:
 
 def show_explanation(prediction, settings, language: str, t) -> app_state.Explanation:
     """The advisor's explanation, streamed once per (image, language) and then remembered."""
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.advice import stream_advice
 
     st.subheader(t["explanation_header"])
     key = (prediction.image_sha256, language)
@@ -231,7 +232,7 @@ def show_explanation(prediction, settings, language: str, t) -> app_state.Explan
     if key in explanations:
         st.markdown(explanations[key].text)
     else:
-        advice = advisor.stream_advice(
+        advice = stream_advice(
             prediction,
             language,
             api_key=settings.gemini_api_key,
@@ -272,7 +273,7 @@ def show_downloads(report: dict, t) -> None:
 
 def show_chat(prediction, explanation, settings, language: str, t) -> None:
     """Follow-up questions about this result, answered by the advisor (streamed)."""
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.advice import follow_up
 
     st.subheader(t["chat_header"])
     if not settings.gemini_api_key:
@@ -287,7 +288,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
     with st.chat_message("user"):
         st.markdown(question)
     with st.chat_message("assistant"):
-        answer = advisor.follow_up(
+        answer = follow_up(
             prediction,
             [{"role": "assistant", "content": explanation.text}, *history],
             question,
@@ -306,6 +307,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
 
 # --------------------------------------------------------------------------- the page
 def main() -> None:
+    quiet_tensorflow()  # no TensorFlow start-up notices unless TF_CPP_MIN_LOG_LEVEL is set
     st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
     keep_tensorflow_warm_between_reruns()
     language = choose_language()
@@ -343,7 +345,8 @@ def main() -> None:
         prediction = predict(predictor, data, sha)
         photo = display_photo(data, sha)
     except InvalidImageError as error:
-        st.error(t["bad_image"].format(reason=error, limit=app_state.MAX_UPLOAD_MB))
+        reason = image_problem(error, language)
+        st.error(t["bad_image"].format(reason=reason, limit=app_state.MAX_UPLOAD_MB))
         return
 
     left, right = st.columns([2, 3], gap="large")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from scalpnet.errors import ScalpNetError
 from scalpnet.labels import NUM_CLASSES
+from scalpnet.quiet import quiet_tensorflow
 
 RUNS = Path("runs")
 DATA = Path("data")
@@ -210,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=[0, 1, 2],
         default=1,
-        help="Keras output: 0 silent, 1 progress bars, 2 one line per epoch",
+        help="Keras output: 0 silent, 1 progress bars, 2 one line per epoch (and "
+        "TensorFlow's start-up messages)",
     )
     return p
 
@@ -323,6 +325,7 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(verbose=args.verbose >= 2)
     try:
         image_size = args.image_size or (DEMO_SIZE if args.demo else DEFAULT_SIZE)
         if args.demo:

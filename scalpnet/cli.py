@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scalpnet import __version__
 from scalpnet.errors import ConfigError, ModelNotFoundError, ScalpNetError
+from scalpnet.quiet import quiet_tensorflow
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -311,6 +312,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         description="ScalpNet: classify scalp conditions from photos.",
     )
     parser.add_argument("--version", action="version", version=f"scalpnet {__version__}")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's start-up messages"
+    )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     handlers = {}
     for add in VERBS:
@@ -323,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; a user mistake prints one line on stderr and returns 2."""
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
+    quiet_tensorflow(verbose=args.verbose)
     try:
         return handlers[args.verb](args) or 0
     except ScalpNetError as exc:

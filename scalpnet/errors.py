@@ -5,8 +5,33 @@ class ScalpNetError(Exception):
     """Base class: something the user gave us is wrong; the message says what and why."""
 
 
+# Why an image could not be used: InvalidImageError.reason, one of these codes.
+IMAGE_PROBLEMS = (
+    "unreadable",  # the general case (e.g. the file cannot be opened)
+    "missing",  # no such file
+    "empty",  # 0 bytes
+    "not_an_image",  # no decoder recognises it
+    "corrupt",  # recognised, but the decoder failed (truncated, damaged)
+    "too_many_pixels",  # details: width, height, megapixels, limit (megapixels)
+    "too_large_to_decode",  # a decompression bomb
+    "no_pixels",  # a 0-pixel image
+    "file_too_large",  # an upload over the app's limit; details: size (MB), limit (MB)
+)
+
+
 class InvalidImageError(ScalpNetError):
-    """A file or upload is not a readable image (empty, truncated, not an image, too large)."""
+    """A file or upload is not a readable image (empty, truncated, not an image, too large).
+
+    ``str(error)`` is the English message. ``reason`` (one of ``IMAGE_PROBLEMS``) and
+    ``details`` (the numbers the message names) let an interface say it in another language.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable", **details: object):
+        super().__init__(message)
+        if reason not in IMAGE_PROBLEMS:
+            raise ValueError(f"unknown image problem {reason!r}; expected one of {IMAGE_PROBLEMS}")
+        self.reason = reason
+        self.details = details
 
 
 class DatasetError(ScalpNetError):

@@ -8,6 +8,7 @@ check it draws exactly that.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,11 +235,11 @@ def test_synthetic_upload_shows_the_predictors_numbers_and_fact_sheets(
     assert_shows(at, reference, synthetic_jpeg)
     assert len(at.get("image")) >= 1  # the photo
     # No key: the offline fact sheet, its label, and the advisor's reason.
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.facts import fact_sheet
 
     page = all_text(at)
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
-    assert advisor.fact_sheet(top_key, "en")["summary"] in page
+    assert fact_sheet(top_key, "en")["summary"] in page
     assert EN["source_offline"] in page
     assert "no Gemini API key" in page
     assert not any(EN["ood_warning"][:40] in w.value for w in at.warning)
@@ -285,11 +286,11 @@ def test_language_switch_changes_labels_names_and_explanation(env, synthetic_jpe
     assert_no_error(at)
     assert at.title[0].value == KO["title"]
     assert_shows(at, reference, synthetic_jpeg, "ko")
-    from scalpnet.serve import advisor
+    from scalpnet.serve.advisor.facts import fact_sheet
 
     top_key = KEYS[reference.predict(synthetic_jpeg).top]
     page = all_text(at)
-    assert advisor.fact_sheet(top_key, "ko")["summary"] in page
+    assert fact_sheet(top_key, "ko")["summary"] in page
     assert KO["source_offline"] in page
     assert EN["source_offline"] not in page
     assert [b.label for b in at.get("download_button")] == [
@@ -359,6 +360,21 @@ def test_bad_upload_shows_one_message_and_the_next_upload_works(env, reference, 
     at = upload(at, "scalp.jpg", synthetic_jpeg)
     assert_no_error(at)
     assert_shows(at, reference, synthetic_jpeg)
+
+
+def test_bad_upload_on_the_korean_page_is_explained_in_korean(env):
+    at = new_app()
+    at.radio(key="language").set_value("ko").run()
+    at = upload(at, "photo.jpg", b"this is not a photo at all")
+    assert not at.exception and len(at.error) == 1
+    message = at.error[0].value
+    assert message.startswith(KO["bad_image"].split(":")[0])
+    assert KO["problem_not_an_image"] in message
+    # Latin letters only in format names and units, never an English reason.
+    assert set(re.findall(r"[A-Za-z]+", message)) <= {"MB", "JPEG", "PNG", "WebP", "HEIC"}
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "테스트 분할 기준" in sidebar and "유사 사진 묶음 분할" in sidebar
+    assert "grouped" not in sidebar and " test " not in sidebar
 
 
 def test_upload_over_the_limit_is_refused(env, synthetic_jpeg):

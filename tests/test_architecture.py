@@ -19,6 +19,8 @@ STAGES = {
     "scalpnet.labels": 0,
     "scalpnet.errors": 0,
     "scalpnet.files": 0,
+    "scalpnet.quiet": 0,
+    "scalpnet.import_hooks": 0,
     "scalpnet.data": 1,
     "scalpnet.learn": 2,
     "scalpnet.judge": 3,

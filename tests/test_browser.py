@@ -103,20 +103,21 @@ def fake_gemini():
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, fake_gemini):
-    """A running app on a test run folder, with the fake Gemini; killed afterwards."""
+def app_server(tmp_path_factory, fake_gemini):
+    """A running app on a test run folder, with the fake Gemini; killed afterwards.
+    Yields its URL and the file its output goes to."""
     _chromium()
     folder = tmp_path_factory.mktemp("browser")
     run = write_run(folder / "runs" / "browser-run")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
     env.pop("GOOGLE_API_KEY", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the app quietens TensorFlow itself
     env.update(
         SCALPNET_RUN=str(run),
         GEMINI_API_KEY="browser-test-key",
         GEMINI_BASE_URL=fake_gemini.base_url,
         GEMINI_API_VERSION=fake_gemini.api_version,
         GEMINI_TIMEOUT_S="20",
-        TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
     port = free_port()
@@ -125,9 +126,14 @@ def app_url(tmp_path_factory, fake_gemini):
     process = start_app(port, env, log)
     try:
         wait_healthy(process, url, log, START_TIMEOUT_S)
-        yield url
+        yield url, log
     finally:
         stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_server) -> str:
+    return app_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +204,14 @@ def test_not_an_image_gives_one_message_then_a_photo_works(app_url, photo, page,
         state="detached", timeout=STEP_TIMEOUT_MS
     )
     assert error_elements(page) == []
+
+
+def test_the_server_prints_no_tensorflow_startup_notices(app_server, page):
+    from scalpnet.quiet import NOISE
+
+    url, log = app_server
+    page.goto(url)
+    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)  # TensorFlow is loaded
+    output = log.read_text(errors="replace")
+    assert "Local URL" in output or "You can now view" in output  # the log is the server's
+    assert [line for line in output.splitlines() if NOISE.search(line)] == []

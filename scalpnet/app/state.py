@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scalpnet.app.text import text
+from scalpnet.app.text import split_name, text
 from scalpnet.errors import InvalidImageError, ModelNotFoundError
 from scalpnet.labels import CONDITIONS
 from scalpnet.serve.prediction import Prediction
@@ -34,7 +34,7 @@ SETTING_NAMES = (
     "SCALPNET_MODEL_SHA256",  # ... and its required SHA-256
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",  # the SDK's other name for the key; wins over GEMINI_API_KEY
-    # Read by scalpnet.serve.advisor.AdvisorConfig.from_env; tests point the SDK at a local fake.
+    # Read by AdvisorConfig.from_env (serve/advisor/config.py); tests point the SDK at a fake.
     "GEMINI_MODEL",
     "GEMINI_BASE_URL",
     "GEMINI_API_VERSION",
@@ -232,11 +232,12 @@ def metric_lines(metrics: Mapping | None, language: str) -> list[str]:
     summary = metrics_summary(metrics)
     lines = []
     if summary.get("split"):
-        scheme = summary.get("split_scheme") or "?"
         count = summary.get("n_images")
         lines.append(
             t["metric_split"].format(
-                split=summary["split"], scheme=scheme, n="?" if count is None else count
+                split=split_name("split", summary["split"], language),
+                scheme=split_name("scheme", summary.get("split_scheme"), language),
+                n="?" if count is None else count,
             )
         )
     for name, _ in METRIC_FIELDS:
@@ -257,11 +258,12 @@ def check_upload(data: bytes, language: str, limit_mb: int = MAX_UPLOAD_MB) -> N
     """Refuse uploads over the size limit before decoding them.
 
     Raises:
-        InvalidImageError: with a message in ``language``.
+        InvalidImageError: reason "file_too_large", with a message in ``language``.
     """
     if len(data) > limit_mb * 1024 * 1024:
-        message = text(language)["too_large"].format(size=len(data) / 2**20, limit=limit_mb)
-        raise InvalidImageError(message)
+        size = len(data) / 2**20
+        message = text(language)["problem_file_too_large"].format(size=size, limit=limit_mb)
+        raise InvalidImageError(message, "file_too_large", size=size, limit=limit_mb)
 
 
 # --------------------------------------------------------------------------- chart
@@ -465,6 +467,6 @@ def advisor_config(settings: Settings):
     The app shows the advisor's notice itself (``st.info``), so it is not repeated
     inside the streamed text.
     """
-    from scalpnet.serve.advisor import AdvisorConfig
+    from scalpnet.serve.advisor.config import AdvisorConfig
 
     return AdvisorConfig.from_env(settings.advisor, inline_notice=False)

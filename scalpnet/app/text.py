@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from scalpnet.errors import InvalidImageError
 from scalpnet.labels import LANGUAGES
 
 LANGUAGE_NAMES = MappingProxyType({"ko": "한국어", "en": "English"})
@@ -29,7 +30,19 @@ _EN = {
         "This file could not be used as a photo: {reason}. Please upload a JPEG, PNG, WebP "
         "or HEIC photo of up to {limit} MB."
     ),
-    "too_large": "the file is {size:.1f} MB and the limit is {limit} MB",
+    # Why a file could not be used (InvalidImageError.reason), with its details.
+    "problem_unreadable": "the file could not be read",
+    "problem_missing": "the file does not exist",
+    "problem_empty": "the file is empty (0 bytes)",
+    "problem_not_an_image": "it is not an image in a format we can read",
+    "problem_corrupt": "the image is damaged or cut short",
+    "problem_too_many_pixels": (
+        "the image is {width}×{height} = {megapixels:.0f} megapixels and the limit is "
+        "{limit:.0f} megapixels"
+    ),
+    "problem_too_large_to_decode": "the image is too large to open safely",
+    "problem_no_pixels": "the image has no pixels",
+    "problem_file_too_large": "the file is {size:.1f} MB and the limit is {limit} MB",
     "photo_caption": "Your photo",
     "chart_header": "Probability of each condition",
     "chart_condition": "Condition",
@@ -81,6 +94,13 @@ _EN = {
     "model_metrics": "Test metrics",
     "model_no_metrics": "This run folder has no test metrics (metrics.json) yet.",
     "metric_split": "on the {split} split ({n} images, {scheme} split)",
+    "split_train": "train",
+    "split_val": "validation",
+    "split_test": "test",
+    "scheme_shipped": "shipped",
+    "scheme_random": "random",
+    "scheme_grouped": "grouped",
+    "scheme_unknown": "unknown",
     "metric_top1": "top-1 accuracy",
     "metric_exact": "exact-match accuracy",
     "metric_macro_f1": "macro F1",
@@ -143,7 +163,18 @@ _KO = {
         "이 파일은 사진으로 사용할 수 없습니다: {reason}. 최대 {limit} MB의 JPEG, PNG, WebP "
         "또는 HEIC 사진을 올려 주세요."
     ),
-    "too_large": "파일 크기가 {size:.1f} MB로 제한({limit} MB)을 넘습니다",
+    "problem_unreadable": "파일을 읽을 수 없습니다",
+    "problem_missing": "파일이 없습니다",
+    "problem_empty": "파일이 비어 있습니다 (0바이트)",
+    "problem_not_an_image": "읽을 수 있는 형식의 이미지가 아닙니다",
+    "problem_corrupt": "이미지가 손상되었거나 일부가 잘렸습니다",
+    "problem_too_many_pixels": (
+        "이미지가 {width}×{height} = {megapixels:.0f}메가픽셀로 제한({limit:.0f}메가픽셀)을 "
+        "넘습니다"
+    ),
+    "problem_too_large_to_decode": "이미지가 너무 커서 안전하게 열 수 없습니다",
+    "problem_no_pixels": "이미지에 픽셀이 없습니다",
+    "problem_file_too_large": "파일 크기가 {size:.1f} MB로 제한({limit} MB)을 넘습니다",
     "photo_caption": "올린 사진",
     "chart_header": "질환별 확률",
     "chart_condition": "질환",
@@ -194,7 +225,14 @@ _KO = {
     "model_metrics": "테스트 지표",
     "model_no_metrics": "이 실행 폴더에는 아직 테스트 지표(metrics.json)가 없습니다.",
     "metric_split": "{split} 분할 기준 ({n}장, {scheme} 분할)",
-    "metric_top1": "top-1 정확도",
+    "split_train": "학습",
+    "split_val": "검증",
+    "split_test": "테스트",
+    "scheme_shipped": "데이터셋 기본",
+    "scheme_random": "무작위",
+    "scheme_grouped": "유사 사진 묶음",
+    "scheme_unknown": "알 수 없는 방식의",
+    "metric_top1": "1순위 정확도",
     "metric_exact": "완전 일치 정확도",
     "metric_macro_f1": "매크로 F1",
     "metric_macro_auc": "매크로 ROC AUC",
@@ -248,3 +286,25 @@ def text(language: str) -> MappingProxyType:
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     return _TEXT[language]
+
+
+def image_problem(error: InvalidImageError, language: str) -> str:
+    """Why an image could not be used, in ``language``, from the error's reason code.
+
+    The English message of the error is never shown on the Korean page; a code without
+    text (or details that do not fit its text) falls back to the general "unreadable".
+    """
+    t = text(language)
+    template = t.get(f"problem_{getattr(error, 'reason', 'unreadable')}")
+    if template is not None:
+        try:
+            return template.format(**getattr(error, "details", {}))
+        except (KeyError, ValueError, IndexError):
+            pass
+    return t["problem_unreadable"]
+
+
+def split_name(kind: str, value: str | None, language: str) -> str:
+    """A split ("test") or split scheme ("grouped") in ``language``; ``kind`` is "split" or
+    "scheme". An unknown value is shown as it is ("?" when missing)."""
+    return text(language).get(f"{kind}_{value}", value or "?")

@@ -53,19 +53,19 @@ def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if not data:
-            raise InvalidImageError("the image is empty (0 bytes)")
+            raise InvalidImageError("the image is empty (0 bytes)", "empty")
         return Image.open(io.BytesIO(data))
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.is_file():
-            raise InvalidImageError(f"no such image file: '{path}'")
+            raise InvalidImageError(f"no such image file: '{path}'", "missing")
         if path.stat().st_size == 0:
-            raise InvalidImageError(f"the image file '{path}' is empty (0 bytes)")
+            raise InvalidImageError(f"the image file '{path}' is empty (0 bytes)", "empty")
         return Image.open(path)
     if hasattr(source, "read"):
         data = source.read()
         if not data:
-            raise InvalidImageError(f"{_describe(source)} is empty (0 bytes)")
+            raise InvalidImageError(f"{_describe(source)} is empty (0 bytes)", "empty")
         return Image.open(io.BytesIO(data))
     raise _unsupported_source(source)
 
@@ -131,9 +131,15 @@ def load_image(
             image = _open(source)
             width, height = image.size
             if width * height > max_pixels:
+                megapixels, limit = width * height / 1e6, max_pixels / 1e6
                 raise InvalidImageError(
-                    f"{what} is {width}×{height} = {width * height / 1e6:.0f} megapixels; "
-                    f"the limit is {max_pixels / 1e6:.0f} megapixels"
+                    f"{what} is {width}×{height} = {megapixels:.0f} megapixels; "
+                    f"the limit is {limit:.0f} megapixels",
+                    "too_many_pixels",
+                    width=width,
+                    height=height,
+                    megapixels=megapixels,
+                    limit=limit,
                 )
             if min_size and image.format == "JPEG":
                 image.draft("RGB", (min_size, min_size))
@@ -147,16 +153,19 @@ def load_image(
     except UnidentifiedImageError:
         raise InvalidImageError(
             f"{what} is not an image Pillow can read (expected JPEG, PNG, WebP, BMP, "
-            "TIFF, GIF or HEIC)"
+            "TIFF, GIF or HEIC)",
+            "not_an_image",
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidImageError(f"{what} is too large to decode safely") from None
+        raise InvalidImageError(
+            f"{what} is too large to decode safely", "too_large_to_decode"
+        ) from None
     except Exception as exc:
         # Decoders meet untrusted bytes: Pillow signals corrupt data with OSError,
         # SyntaxError, ValueError, but also IndexError, struct.error and others.
-        raise InvalidImageError(f"{what} is corrupt or truncated ({exc})") from None
+        raise InvalidImageError(f"{what} is corrupt or truncated ({exc})", "corrupt") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise InvalidImageError(f"{what} has no pixels")
+        raise InvalidImageError(f"{what} has no pixels", "no_pixels")
     return rgb
 
 

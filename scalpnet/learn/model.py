@@ -109,7 +109,9 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def features_model(model: keras.Model) -> keras.Model:
     """Same inputs -> (pooled features (batch, 2048), probabilities (batch, 10))."""
-    return keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output, model.output])
+    # model.input, not model.inputs: a one-tensor structure, so calling it with a bare
+    # (B, S, S, 3) tensor raises no "structure of `inputs`" warning.
+    return keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output, model.output])
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:

@@ -1,10 +1,9 @@
-"""The app's Streamlit-free logic: settings, model choice, uploads, chart, reports, strings."""
+"""The app's Streamlit-free logic: settings, model choice, uploads, chart, reports."""
 
 from __future__ import annotations
 
 import json
 import os
-import string
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,23 +40,6 @@ def make_run(folder: Path, created: str | None) -> Path:
         card["created"] = created
     (folder / "model_card.json").write_text(json.dumps(card))
     return folder
-
-
-# --------------------------------------------------------------------------- strings
-def test_both_languages_have_the_same_strings_and_placeholders():
-    en, ko = ui_text.text("en"), ui_text.text("ko")
-    assert set(en) == set(ko)
-    fields = string.Formatter()
-    for key in en:
-        names_en = {f[1] for f in fields.parse(en[key]) if f[1]}
-        names_ko = {f[1] for f in fields.parse(ko[key]) if f[1]}
-        assert names_en == names_ko, key
-        assert en[key].strip() and ko[key].strip(), key
-
-
-def test_unknown_language_is_refused():
-    with pytest.raises(ValueError, match="language"):
-        ui_text.text("fr")
 
 
 # --------------------------------------------------------------------------- settings
@@ -172,8 +154,9 @@ def test_upload_over_the_limit_is_refused_in_the_users_language():
     big = b"\0" * (app_state.MAX_UPLOAD_MB * 1024 * 1024 + 1)
     with pytest.raises(InvalidImageError, match="limit is 10 MB"):
         app_state.check_upload(big, "en")
-    with pytest.raises(InvalidImageError, match="제한"):
+    with pytest.raises(InvalidImageError, match="제한") as info:
         app_state.check_upload(big, "ko")
+    assert info.value.reason == "file_too_large" and info.value.details["limit"] == 10
     app_state.check_upload(big[:-1], "en")  # exactly at the limit is fine
 
 
@@ -225,6 +208,8 @@ def test_metrics_summary_and_lines():
     assert "calibration error (ECE): 0.031" in lines
     assert not any("ROC AUC" in line for line in lines)
     assert app_state.metric_lines(None, "en") == []
+    korean = app_state.metric_lines(METRICS, "ko")
+    assert korean[0] == "테스트 분할 기준 (120장, 유사 사진 묶음 분할)"
 
 
 def test_read_metrics_of_a_run_folder_or_its_model_file(tmp_path):

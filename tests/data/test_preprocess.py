@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 
 from scalpnet.data import preprocess
 from scalpnet.data.preprocess import load_image, preprocess_image, to_model_input
-from scalpnet.errors import InvalidImageError, ScalpNetError
+from scalpnet.errors import IMAGE_PROBLEMS, InvalidImageError, ScalpNetError
 
 H, W = 30, 40
 
@@ -216,8 +217,22 @@ def test_png_declaring_huge_dimensions_is_refused_before_decoding(tmp_path, widt
 def test_jpeg_declaring_huge_dimensions_is_refused_by_our_cap(tmp_path):
     path = jpeg_with_declared_size(tmp_path, 9000, 9000)  # 81 MP: above our 50 MP cap
     assert Image.open(path).size == (9000, 9000)
-    with pytest.raises(InvalidImageError, match="81 megapixels; the limit is 50"):
+    with pytest.raises(InvalidImageError, match="81 megapixels; the limit is 50") as info:
         load_image(path)
+    assert info.value.reason == "too_many_pixels"
+    assert info.value.details == {"width": 9000, "height": 9000, "megapixels": 81.0, "limit": 50.0}
+    # The code survives the trip back from a worker process (prepare --workers).
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.reason, copy.details, str(copy)) == (
+        "too_many_pixels",
+        info.value.details,
+        str(info.value),
+    )
+
+
+def test_an_unknown_reason_code_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown image problem"):
+        InvalidImageError("x", "blurry")
 
 
 def test_max_pixels_is_a_parameter(tmp_path, rgb):
@@ -245,6 +260,7 @@ def truncated_jpeg(rgb: np.ndarray) -> bytes:
     ],
 )
 def test_bad_files_raise_invalid_image_error_with_a_readable_message(tmp_path, rgb, kind, expected):
+    """The English message, and a reason code an interface can say in another language."""
     path = tmp_path / "photo.jpg"
     contents = {
         "empty": b"",
@@ -261,6 +277,9 @@ def test_bad_files_raise_invalid_image_error_with_a_readable_message(tmp_path, r
     assert "photo.jpg" in message
     assert "\n" not in message and "Traceback" not in message
     assert isinstance(info.value, ScalpNetError)
+    reasons = {"text": "not_an_image", "random": "not_an_image", "truncated": "corrupt"}
+    assert info.value.reason == reasons.get(kind, kind)
+    assert info.value.reason in IMAGE_PROBLEMS
     with pytest.raises(InvalidImageError):
         preprocess_image(path)
 

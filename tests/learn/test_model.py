@@ -52,6 +52,17 @@ def test_layers_that_inference_and_grad_cam_rely_on(net):
     assert not names & set(model_module.HEAD_LAYERS)
 
 
+def test_features_model_takes_a_bare_batch_without_warnings(net):
+    """The OOD fit calls it with a (B, S, S, 3) array; no Keras input-structure warning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        features, _ = model_module.features_model(net)(pixels(2).astype("float32"))
+    assert features.shape == (2, 2048)
+    assert [str(w.message) for w in caught if "structure" in str(w.message)] == []
+
+
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
 def test_normalisation_layer_equals_resnet50_preprocess_input(dtype):
     x = pixels(3, 8).astype(dtype)

@@ -1,0 +1,1 @@
+"""The Gemini advisor: config, fact sheets, prompts, transport, and the streamed `Advice`."""
