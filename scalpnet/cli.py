@@ -52,7 +52,7 @@ def _add_prepare(verbs) -> Handler:
         type=float,
         default=None,
         help="with --split grouped: how similar two photos must be to count as one "
-        "(default: the dedupe module's own)",
+        "(default: the audit's calibrated one, scalpnet.data.grouping.DEFAULT_THRESHOLD)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
