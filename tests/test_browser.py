@@ -51,10 +51,12 @@ def _chromium() -> Path:
     return CHROMIUM
 
 
-def start_app(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_app(
+    port: int, env: dict[str, str], log: Path, script: Path = REPO / "streamlit_app.py"
+) -> subprocess.Popen:
     """``streamlit run streamlit_app.py`` in its own process group, output into ``log``."""
     command = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+        sys.executable, "-m", "streamlit", "run", str(script),
         "--server.port", str(port), "--server.address", "127.0.0.1",
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
@@ -102,12 +104,22 @@ def fake_gemini():
         yield fake
 
 
+def probe_file(folder: Path) -> Path:
+    """Where tests/app_probe.py writes the app process's TensorFlow/Keras modules."""
+    return folder / "modules.json"
+
+
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, fake_gemini):
+def browser_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def app_url(browser_folder, fake_gemini):
     """A running app on a test run folder, with the fake Gemini; killed afterwards."""
     _chromium()
-    folder = tmp_path_factory.mktemp("browser")
-    run = write_run(folder / "runs" / "browser-run")
+    folder = browser_folder
+    run = write_run(folder / "runs" / "browser-run", onnx=True)  # served by ONNX Runtime
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
     env.pop("GOOGLE_API_KEY", None)
     env.update(
@@ -118,11 +130,12 @@ def app_url(tmp_path_factory, fake_gemini):
         GEMINI_TIMEOUT_S="20",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        SCALPNET_PROBE_FILE=str(probe_file(folder)),
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "streamlit.log"
-    process = start_app(port, env, log)
+    process = start_app(port, env, log, script=REPO / "tests" / "app_probe.py")
     try:
         wait_healthy(process, url, log, START_TIMEOUT_S)
         yield url
@@ -198,3 +211,23 @@ def test_not_an_image_gives_one_message_then_a_photo_works(app_url, photo, page,
         state="detached", timeout=STEP_TIMEOUT_MS
     )
     assert error_elements(page) == []
+
+
+def test_onnx_serving_process_never_imports_tensorflow(app_url, browser_folder, photo, page):
+    """After a photo and its CAM are served, the streamlit process itself (checked from
+    inside it by tests/app_probe.py) has loaded no tensorflow or keras module."""
+    import json
+
+    page.goto(app_url)
+    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)
+    page.get_by_text("onnx-fp32").first.wait_for(timeout=STEP_TIMEOUT_MS)  # sidebar: runtime
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+    page.locator('[data-testid="stVegaLiteChart"]').locator("canvas, svg").first.wait_for(
+        timeout=STEP_TIMEOUT_MS
+    )
+    page.get_by_text(EN["gradcam_toggle"]).click()
+    page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=STEP_TIMEOUT_MS)  # overlay
+    page.get_by_text(EN["download_json"]).wait_for(timeout=STEP_TIMEOUT_MS)  # run finished
+    assert error_elements(page) == []
+    modules = json.loads(probe_file(browser_folder).read_text())
+    assert modules == [], modules[:10]

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+
 def cam(maps: np.ndarray, classes, size: int) -> np.ndarray:
     """(h, w, 10) class maps of one image -> (len(classes), size, size) float32 heat in [0, 1].
 

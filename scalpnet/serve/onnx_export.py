@@ -250,9 +250,7 @@ def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CH
 def summary(record: dict) -> str:
     """One paragraph for the CLI and train.py."""
     fp32 = record["fp32"]
-    lines = [
-        f"fp32 ONNX: max |p - Keras| = {fp32['max_raw_diff']:.1e} on {fp32['n']} test images"
-    ]
+    lines = [f"fp32 ONNX: max |p - Keras| = {fp32['max_raw_diff']:.1e} on {fp32['n']} test images"]
     int8 = record.get("int8")
     if int8:
         verdict = "passed" if int8["passed"] else "FAILED: " + "; ".join(int8["reasons"])

@@ -83,6 +83,9 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
         options.log_severity_level = 3  # errors only
+        # Idle worker threads would spin after every run, taking a small server's CPU from
+        # the rest of the app (decoding, Streamlit) between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 os.fspath(path), options, providers=["CPUExecutionProvider"]
@@ -234,3 +237,18 @@ def keras_runtime(path: Path, *, jit_compile: bool = False) -> KerasRuntime:
             "or serve an exported ONNX model"
         ) from None
     return KerasRuntime(load_model(path), jit_compile=jit_compile)
+
+
+def onnx_probability_fns(run_dir: str | os.PathLike) -> dict:
+    """{runtime name: (B, S, S, 3) pixels 0-255 -> (B, 10) raw probabilities} for each ONNX
+    model in a run folder (for ``judge.evaluation.evaluate``, which cannot import serve)."""
+    fns = {}
+    for file, name in ((FP32_FILE, "onnx-fp32"), (INT8_FILE, "onnx-int8")):
+        if (Path(run_dir) / file).is_file():
+            runtime = OnnxRuntime(Path(run_dir) / file, name=name)
+
+            def probs(pixels: np.ndarray, runtime=runtime) -> np.ndarray:
+                return runtime.forward(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))[1]
+
+            fns[name] = probs
+    return fns
