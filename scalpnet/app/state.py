@@ -23,7 +23,8 @@ from scalpnet.serve.prediction import Prediction
 
 MAX_UPLOAD_MB = 10  # also server.maxUploadSize in .streamlit/config.toml
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "heic", "heif")
-RUN_FILES = ("model.keras", "model_card.json")  # what makes a run folder complete ...
+CARD_FILE = "model_card.json"  # a complete run folder: its card, a model ...
+MODEL_FILES = ("model.keras", "model.onnx")  # ... either one (a deployed run may lack .keras) ...
 RESUME_DIR = ".resume"  # ... unless training is still going on (scalpnet.learn.training)
 
 # Setting names, the same in the environment and in .streamlit/secrets.toml.
@@ -131,15 +132,17 @@ def _created(run: Path) -> float:
 
 
 def newest_complete_run(runs_dir: Path) -> Path | None:
-    """The newest finished run under ``runs_dir``: ``model.keras`` and ``model_card.json``
-    present, no ``.resume/`` (training leaves that only while a run is unfinished)."""
+    """The newest finished run under ``runs_dir``: ``model_card.json`` and ``model.keras`` or
+    ``model.onnx`` present, no ``.resume/`` (training leaves that only while a run is
+    unfinished)."""
     if not runs_dir.is_dir():
         return None
     complete = [
         d
         for d in runs_dir.iterdir()
         if d.is_dir()
-        and all((d / f).is_file() for f in RUN_FILES)
+        and (d / CARD_FILE).is_file()
+        and any((d / f).is_file() for f in MODEL_FILES)
         and not (d / RESUME_DIR).exists()
     ]
     return max(complete, key=lambda d: (_created(d), d.name), default=None)
