@@ -333,13 +333,13 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
 def export_onnx(run_dir: Path) -> None:
     """fp32 + int8 ONNX into the run folder, checked on the test split; a failure is a
     warning (the run stays servable through Keras), never the end of the run."""
-    from scalpnet.errors import ExportError
+    from scalpnet.errors import ScalpNetError
     from scalpnet.serve import onnx_export
 
     try:
         print(onnx_export.summary(onnx_export.export_run(run_dir)), flush=True)
-    except ExportError as exc:
-        print(f"warning: no ONNX models written ({exc}); the run serves through Keras",
+    except ScalpNetError as exc:
+        print(f"warning: ONNX export stopped ({exc}); the app serves what the run holds",
               file=sys.stderr, flush=True)  # fmt: skip
 
 
