@@ -5,7 +5,7 @@
 - ``model.onnx``: ``runtimes.serving_model`` (features, probs, class maps) as fp32 ONNX
   (``model.export(format="onnx")``, needs tf2onnx and onnx);
 - ``model.int8.onnx``: the same, statically quantised by ONNX Runtime (QDQ, per-channel,
-  QInt8 weights, QUInt8 activations) with activation ranges taken from the run's
+  QInt8 weights, QUInt8 activations; the head stays fp32) with activation ranges from the run's
   validation images;
 - ``onnx_check.json``: how each compares on the test split. fp32 against Keras (largest
   probability difference within ``FP32_TOLERANCE``); int8 against fp32 through the run's
