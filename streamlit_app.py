@@ -1,7 +1,8 @@
 """ScalpNet in the browser: ``streamlit run streamlit_app.py``.
 
-Widgets wired to ``scalpnet`` calls and nothing else: the model and Grad-CAM come
-from ``scalpnet.serve.predictor`` / ``scalpnet.serve.explain``, the explanation from
+Widgets wired to ``scalpnet`` calls and nothing else: the model and its CAM come
+from ``scalpnet.serve.predictor`` / ``scalpnet.serve.explain`` (ONNX Runtime when the run
+folder has an ONNX model, then no TensorFlow is imported), the explanation from
 ``scalpnet.serve.advisor``, and the logic worth testing without a browser (settings, which
 model to load, the chart, the reports) from ``scalpnet.app.state``.
 """
@@ -53,12 +54,13 @@ def keep_tensorflow_warm_between_reruns() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def load_predictor(location: str, sha256: str | None):
-    """One Predictor per process, shared by all sessions (TensorFlow is imported here),
-    and the test metrics of its run folder (None when there are none)."""
-    from scalpnet.serve.predictor import Predictor, fetch_model
+def load_predictor(location: str, sha256: str | None, runtime: str = "auto"):
+    """One Predictor per process, shared by all sessions (on ONNX Runtime when the run has
+    an ONNX model: no TensorFlow; else Keras), and the test metrics of its run folder."""
+    from scalpnet.serve.fetch import fetch_model
+    from scalpnet.serve.predictor import Predictor
 
-    predictor = Predictor.load(location, sha256=sha256)
+    predictor = Predictor.load(location, sha256=sha256, runtime=runtime)
     # A downloaded run (a zipped run folder) is unpacked in the cache; find its metrics there.
     folder = fetch_model(location, sha256) if "://" in location else location
     return predictor, app_state.read_metrics(folder)
@@ -112,8 +114,11 @@ def show_model(predictor, metrics: dict | None, origin: str, language: str) -> N
         + (t["model_demo"] if demo else t["model_real"] if demo is not None else "–"),
         f"**{t['model_image_size']}:** {predictor.image_size}×{predictor.image_size}",
         f"**{t['model_source']}:** `{origin}`",
+        f"**{t['model_runtime']}:** `{predictor.runtime.name}`",
     ]
     st.sidebar.markdown("\n".join(f"- {line}" for line in lines))
+    if predictor.runtime_note:
+        st.sidebar.caption(predictor.runtime_note)
     st.sidebar.markdown(f"**{t['model_metrics']}**")
     metric_lines = app_state.metric_lines(metrics, language)
     if metric_lines:
@@ -322,7 +327,7 @@ def main() -> None:
             no_model_page(settings, t)
             return
         with st.spinner(t["loading_model"]):
-            predictor, metrics = load_predictor(source.location, source.sha256)
+            predictor, metrics = load_predictor(source.location, source.sha256, settings.runtime)
     except ScalpNetError as error:
         show_disclaimer(t)
         model_error_page(error, settings, t)
@@ -363,6 +368,7 @@ def main() -> None:
         image_name=photo_file.name,
         explanation=explanation,
         metrics=metrics,
+        runtime=predictor.runtime.name,
     )
     show_downloads(report, t)
     show_chat(prediction, explanation, settings, language, t)

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "kept (none); they are set for one replica's batch",
     )
     p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="skip the ONNX export after evaluation (model.onnx, model.int8.onnx, "
+        "onnx_check.json: what the app serves without TensorFlow)",
+    )
+    p.add_argument(
         "--verbose",
         type=int,
         choices=[0, 1, 2],
@@ -300,10 +306,11 @@ def choose_run_folder(args: argparse.Namespace, config, csv_path: Path) -> Path:
 
 
 def after_training(run_dir: Path, args: argparse.Namespace) -> None:
-    """Score the finished run on its test split, then fit its out-of-distribution model.
+    """Score the finished run on its test split, fit its out-of-distribution model, export.
 
     Evaluation fits the thresholds and calibration inference uses (on val) and writes
-    metrics.json and report.md; the OOD fit adds ood.npz and metrics.json["ood"].
+    metrics.json and report.md; the OOD fit adds ood.npz and metrics.json["ood"]; the
+    export (unless --no-export) adds the ONNX models the app serves and their check.
     """
     import shlex
 
@@ -321,6 +328,21 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
         f"(AUROC {summary['auroc_val_vs_probes']:.3f})",
         flush=True,
     )
+    if not args.no_export:
+        export_onnx(run_dir)
+
+
+def export_onnx(run_dir: Path) -> None:
+    """fp32 + int8 ONNX into the run folder, checked on the test split; a failure is a
+    warning (the run stays servable through Keras), never the end of the run."""
+    from scalpnet.errors import ScalpNetError
+    from scalpnet.serve import onnx_export
+
+    try:
+        print(onnx_export.summary(onnx_export.export_run(run_dir)), flush=True)
+    except ScalpNetError as exc:
+        print(f"warning: ONNX export stopped ({exc}); the app serves what the run holds",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,9 @@
     python benchmarks/bench_app.py [--image-size 256] [--uploads 5]
 
 Builds an untrained run folder at ``--image-size`` (the weights' values do not change
-speed or memory), starts ``streamlit run streamlit_app.py`` on 127.0.0.1, and drives
-Debian's Chromium (``/usr/bin/chromium``) with playwright:
+speed or memory) with model.keras, model.onnx and model.int8.onnx, starts
+``streamlit run streamlit_app.py`` on 127.0.0.1 once per runtime (``SCALPNET_RUNTIME`` =
+keras, onnx, int8), and drives Debian's Chromium (``/usr/bin/chromium``) with playwright:
 
 - cold start: process spawn -> health endpoint answers, and -> the first page is drawn
   with the model loaded (the model loads on the first visit, inside st.cache_resource);
@@ -18,9 +19,11 @@ Baselines, measured in the same run on the same photos:
 - a minimal Streamlit app (upload -> st.image + a 10-bar Vega-Lite chart, no model): what
   Streamlit and the browser cost by themselves;
 - a bare Python process that imports the same code, loads the same Predictor and predicts
-  the photos (no Streamlit, no browser): what the model costs by itself.
+  the photos (no Streamlit, no browser): what the model costs by itself, per runtime.
 
-Community Cloud gives an app 690 MB - 2.7 GB of memory.
+Targets (issue 16), against the minimal app in the same run: cold start <= 1.5x, upload to
+bars <= 1.15x, CAM toggle to overlay <= 300 ms, peak RSS <= 400 MiB (fp32 ONNX) and
+<= 300 MiB (int8). Community Cloud gives an app 690 MB - 2.7 GB of memory.
 """
 
 from __future__ import annotations
@@ -78,20 +81,24 @@ print(json.dumps({"load_s": loaded, "predict_ms": times, "peak_mb": peak_mb}))
 """
 
 
-def app_env(run: Path) -> dict[str, str]:
-    """The environment of both processes: the bench run, no Gemini key, quiet TensorFlow."""
+RUNTIMES = {"keras": "keras", "onnx": "onnx-fp32", "int8": "onnx-int8"}  # setting -> name
+
+
+def app_env(run: Path, runtime: str = "auto") -> dict[str, str]:
+    """The environment of every process: the bench run and runtime, no Gemini key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
     env.pop("GOOGLE_API_KEY", None)
     env.update(SCALPNET_RUN=str(run), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env["SCALPNET_RUNTIME"] = runtime
     return env
 
 
-def baseline(run: Path, photos: list[Path]) -> dict:
+def baseline(run: Path, photos: list[Path], runtime: str) -> dict:
     """Bare process: spawn -> Predictor loaded, per-photo predict latency, peak RSS."""
     spawned = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", BASELINE, str(run), *map(str, photos)],
-        env=app_env(run), cwd=REPO, capture_output=True, text=True, check=True,
+        env=app_env(run, runtime), cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["spawn_to_loaded_s"] = time.perf_counter() - spawned
@@ -197,7 +204,7 @@ def gradcam_drawn(page) -> float:
     return time.perf_counter() - started
 
 
-def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
+def bench_app(script: Path, run: Path, photos: list[Path], log: Path, runtime="auto") -> dict:
     """Cold start, upload-to-chart times and memory of ``streamlit run script``."""
     from playwright.sync_api import sync_playwright
 
@@ -213,7 +220,7 @@ def bench_app(script: Path, run: Path, photos: list[Path], log: Path) -> dict:
         with open(log, "wb") as out:
             spawned = time.perf_counter()
             process = subprocess.Popen(
-                command, cwd=REPO, env=app_env(run), stdout=out, stderr=subprocess.STDOUT,
+                command, cwd=REPO, env=app_env(run, runtime), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         sampler = RssSampler(process.pid)
@@ -274,61 +281,91 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).is_file():
         sys.exit(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SCALPNET_CHROMIUM)")
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
         folder = Path(tmp)
         print(f"building an untrained {args.image_size}-px run folder ...", flush=True)
-        run = write_run(folder / "runs" / f"bench-{args.image_size}", image_size=args.image_size)
+        run = write_run(
+            folder / "runs" / f"bench-{args.image_size}", image_size=args.image_size, onnx=True
+        )
         photos = make_photos(folder, args.uploads)
-        print("baseline: bare Predictor process ...", flush=True)
-        base = baseline(run, photos)
+        add_int8(run, photos)
+        sizes = {name: (run / name).stat().st_size / 2**20
+                 for name in ("model.keras", "model.onnx", "model.int8.onnx")}  # fmt: skip
         print("baseline: minimal Streamlit app + Chromium ...", flush=True)
         minimal_script = folder / "minimal_app.py"
         minimal_script.write_text(MINIMAL_APP)
         minimal = bench_app(minimal_script, run, photos, folder / "minimal.log")
-        print("ScalpNet app: streamlit + Chromium ...", flush=True)
-        app = bench_app(APP, run, photos, folder / "streamlit.log")
+        apps, bases = {}, {}
+        for setting, name in RUNTIMES.items():
+            print(f"{name}: bare Predictor process, then the app + Chromium ...", flush=True)
+            bases[name] = baseline(run, photos, setting)
+            apps[name] = bench_app(APP, run, photos, folder / f"{setting}.log", setting)
 
     def med(values: list[float]) -> float:  # the first upload of a process warms caches
         return statistics.median(values[1:] or values)
 
-    ours_ms, minimal_ms = med(app["upload_s"]) * 1e3, med(minimal["upload_s"]) * 1e3
-    predict_ms = med(base["predict_ms"])
-    rows = [
-        ("cold start -> health endpoint (s)", app["healthy_s"], minimal["healthy_s"], None),
-        ("cold start -> first page drawn (s)", app["first_render_s"],
-         minimal["first_render_s"], base["spawn_to_loaded_s"]),
-        ("upload -> bars drawn, median (ms)", ours_ms, minimal_ms, predict_ms),
-        ("Grad-CAM toggle -> overlay drawn (ms)", app["gradcam_s"] * 1e3, None, None),
-        ("peak RSS, process + children (MiB)", app["peak_mb"], minimal["peak_mb"],
-         base["peak_mb"]),
-        ("VmHWM, main process (MiB)", app["vm_hwm_mb"], minimal["vm_hwm_mb"], None),
-        ("RSS after first page (MiB)", app["after_load_mb"], minimal["after_load_mb"], None),
-        ("RSS at the end (MiB)", app["final_mb"], minimal["final_mb"], None),
+    measures = [
+        ("cold start -> first page drawn (s)", lambda r: r["first_render_s"], 1.5),
+        ("cold start -> health endpoint (s)", lambda r: r["healthy_s"], None),
+        ("upload -> bars drawn, median (ms)", lambda r: med(r["upload_s"]) * 1e3, 1.15),
+        ("CAM toggle -> overlay drawn (ms)",
+         lambda r: r["gradcam_s"] * 1e3 if r["gradcam_s"] is not None else None, None),
+        ("peak RSS, process + children (MiB)", lambda r: r["peak_mb"], None),
+        ("VmHWM, main process (MiB)", lambda r: r["vm_hwm_mb"], None),
     ]  # fmt: skip
-    cpus = os.cpu_count()
-    print(f"\nScalpNet app at {args.image_size} px, {args.uploads} uploads, {cpus} CPUs")
-    print("baselines: a minimal Streamlit upload+chart app; a bare process with the Predictor")
-    print("(cold start of the bare process = spawn -> Predictor loaded; its 'upload' = predict)")
-    header = ("measure", "ScalpNet app", "minimal app", "ratio", "bare model", "ratio")
-    width = max(len(r[0]) for r in rows)
-    print(f"{header[0]:<{width}} {header[1]:>13} {header[2]:>12} {header[3]:>6} "
-          f"{header[4]:>11} {header[5]:>6}")  # fmt: skip
+    names = list(RUNTIMES.values())
+    print(f"\nScalpNet app at {args.image_size} px, {args.uploads} uploads, {os.cpu_count()} CPUs;"
+          f" load average before: {load_before}, after: {os.getloadavg()}")  # fmt: skip
+    print("model files (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()))
+    width = max(len(m[0]) for m in measures)
+    print(f"{'measure':<{width}} " + " ".join(f"{n:>10} {'/min':>6}" for n in names)
+          + f" {'minimal':>9}")  # fmt: skip
 
     def cell(value, size):
         return f"{value:>{size}.1f}" if value is not None else " " * (size - 1) + "-"
 
-    def ratio(ours, theirs):
-        return f"{ours / theirs:>5.2f}x" if theirs else "     -"
-
-    for name, ours, minimal_value, bare in rows:
-        print(f"{name:<{width}} {cell(ours, 13)} {cell(minimal_value, 12)} "
-              f"{ratio(ours, minimal_value)} {cell(bare, 11)} {ratio(ours, bare)}")  # fmt: skip
-    print(f"\nScalpNet uploads (s): {', '.join(f'{v:.2f}' for v in app['upload_s'])}")
+    for label, get, _ in measures:
+        base_value = get(minimal)
+        row = f"{label:<{width}} "
+        for name in names:
+            value = get(apps[name])
+            ratio = f"{value / base_value:>5.2f}x" if value and base_value else "     -"
+            row += f"{cell(value, 10)} {ratio} "
+        print(row + cell(base_value, 9))
+    print("\nbare Predictor process (no Streamlit, no browser)")
+    for name in names:
+        b = bases[name]
+        print(f"  {name:<10} spawn -> loaded {b['spawn_to_loaded_s']:.1f} s, predict median "
+              f"{med(b['predict_ms']):.0f} ms, peak RSS {b['peak_mb']:.0f} MiB")  # fmt: skip
+    print("\ntargets (against the minimal app in this run)")
+    for name in names[1:]:
+        app = apps[name]
+        limit_mb = 400 if name == "onnx-fp32" else 300
+        checks = [
+            ("cold start", app["first_render_s"] / minimal["first_render_s"], 1.5, "x"),
+            ("upload to bars", med(app["upload_s"]) / med(minimal["upload_s"]), 1.15, "x"),
+            ("CAM toggle (ms)", app["gradcam_s"] * 1e3, 300, ""),
+            ("peak RSS (MiB)", app["peak_mb"], limit_mb, ""),
+        ]
+        verdicts = [f"{what} {value:.2f}{unit} <= {limit}: {'met' if value <= limit else 'NOT met'}"
+                    for what, value, limit, unit in checks]  # fmt: skip
+        print(f"  {name}: " + "; ".join(verdicts))
+    for name in names:
+        print(f"{name} uploads (s): {', '.join(f'{v:.2f}' for v in apps[name]['upload_s'])}")
     print(f"minimal uploads (s): {', '.join(f'{v:.2f}' for v in minimal['upload_s'])}")
-    print(f"bare predicts (ms): {', '.join(f'{v:.0f}' for v in base['predict_ms'])}")
-    share = app["peak_mb"] / 2575
-    print(f"Community Cloud limit 2.7 GB = 2575 MiB; the app's peak uses {share:.0%} of it")
+
+
+def add_int8(run: Path, photos: list[Path]) -> None:
+    """model.int8.onnx next to model.onnx, calibrated on the bench photos (timing only)."""
+    from scalpnet.data.preprocess import preprocess_image
+    from scalpnet.serve.onnx_export import quantize_int8
+    from scalpnet.serve.runtimes import OnnxRuntime
+
+    size = OnnxRuntime(run / "model.onnx").image_size
+    pixels = np.stack([preprocess_image(p, size) for p in photos])
+    quantize_int8(run / "model.onnx", run / "model.int8.onnx", pixels)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
-"""Inference latency and throughput: our Predictor against the bare model, in the same run.
+"""Inference latency and throughput on each runtime: Keras, ONNX Runtime fp32 and int8.
 
     python benchmarks/bench_inference.py                 # 256 px, as served
-    python benchmarks/bench_inference.py --size 64 --repeats 10 --no-onnx   # a quick check
+    python benchmarks/bench_inference.py --size 64 --repeats 10   # a quick check
 
-Single image, JPEG bytes in, batch 1, measured round-robin in a shuffled order so
-machine noise hits every method alike:
-  - ``predictor``: ``Predictor.predict(bytes)``: decode + resize + blur + compiled forward
-    (features and probabilities) + calibration + Prediction.
-  - ``bare forward``: a ``tf.function`` of the Keras model on ready pixels (the floor).
-  - ``model.predict``: Keras' ``model.predict`` on ready pixels, per image (the usual way).
-  - ``onnxruntime``: the ONNX export on ready pixels (when tf2onnx/onnx/onnxruntime exist).
-Then batch throughput: ``predict_batch`` of N JPEGs vs the bare forward on N ready images.
-Target: predictor p50 <= 1.15 x bare forward p50. An untrained (weights=None) model is
-used: the time does not depend on the weights.
+Single image, batch 1, measured round-robin in a shuffled order so machine noise hits
+every method alike. For each runtime (``serve.runtimes``):
+  - ``bare forward``: the runtime's own forward on ready pixels (Keras: the compiled
+    ``tf.function`` of the plain model; ONNX: ``InferenceSession.run`` of the served model);
+  - ``Predictor``: ``Predictor.predict(JPEG bytes)``: decode + resize + blur + forward
+    (features, probabilities, class maps) + calibration + Prediction.
+Plus ``model.predict`` per image (the usual Keras way). Then batch throughput.
+Targets (issue 16): int8 forward <= 0.25 x the Keras compiled forward, fp32 ONNX <= 0.6 x;
+each Predictor p50 <= 1.15 x its runtime's bare forward p50. An untrained
+(weights=None) model is used (the time does not depend on the weights); int8 is
+calibrated on a few synthetic photos.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
 
     from scalpnet.data.preprocess import preprocess_image
     from scalpnet.learn.model import build_model, save_model
+    from scalpnet.serve import onnx_export
     from scalpnet.serve.predictor import Predictor
 
     width, height = (int(v) for v in args.photo.lower().split("x"))
@@ -82,8 +84,8 @@ def main(argv=None) -> int:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     t0 = time.perf_counter()
     path = save_model(build_model(args.size, weights=None), tmp / "model.keras")
-    predictor = Predictor.load(path)
-    model = predictor.model
+    keras_predictor = Predictor.load(path)
+    model = keras_predictor.runtime.model
     print(
         f"model {args.size} px built and loaded in {time.perf_counter() - t0:.1f} s; "
         f"photo {width}x{height} JPEG ({len(photos[0]) / 1024:.0f} KiB); "
@@ -92,35 +94,40 @@ def main(argv=None) -> int:
 
     spec = tf.TensorSpec((None, args.size, args.size, 3), tf.float32)
     bare = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    pixels = preprocess_image(photos[0], args.size)[None].astype(np.float32)  # (1, S, S, 3)
+    ready_u8 = preprocess_image(photos[0], args.size)[None]  # (1, S, S, 3) uint8
+    pixels = ready_u8.astype(np.float32)
+    predictors = {"keras": keras_predictor}
     methods = {
-        "predictor (bytes -> Prediction)": lambda i: predictor.predict(photos[i % len(photos)]),
-        "bare compiled forward": lambda i: bare(tf.constant(pixels)).numpy(),
-        "model.predict (per image)": lambda i: model.predict(pixels, verbose=0),
+        "keras: bare compiled forward": lambda i: bare(tf.constant(pixels)).numpy(),
+        "keras: Predictor (bytes)": lambda i: keras_predictor.predict(photos[i % len(photos)]),
+        "keras: model.predict (per image)": lambda i: model.predict(pixels, verbose=0),
     }
     if args.xla:
-        xla = Predictor(model, image_size=args.size, jit_compile=True)
-        methods["predictor, jit_compile=True"] = lambda i: xla.predict(photos[i % len(photos)])
-    session = None
+        from scalpnet.serve.runtimes import KerasRuntime
+
+        xla = Predictor(KerasRuntime(model, jit_compile=True))
+        methods["keras: Predictor, jit_compile"] = lambda i: xla.predict(photos[i % len(photos)])
     if not args.no_onnx and all(
         importlib.util.find_spec(m) for m in ("tf2onnx", "onnx", "onnxruntime")
     ):
-        import onnxruntime as ort
-
-        from scalpnet.serve.export import export_model
-
         t0 = time.perf_counter()
-        result = export_model(model, "onnx", tmp / "model.onnx")
-        print(f"ONNX export {time.perf_counter() - t0:.0f} s, parity {result.max_abs_diff:.1e}")
-        options = ort.SessionOptions()
-        # ORT's idle threads spin after each run by default, stealing the CPU from whatever
-        # is timed next in the round-robin; off, every method gets a quiet machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            str(result.path), options, providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-        methods["onnxruntime forward"] = lambda i: session.run(None, {name: pixels})
+        fp32 = onnx_export.export_fp32(model, tmp / "model.onnx")
+        print(f"fp32 ONNX export {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        calib = np.stack([preprocess_image(p, args.size) for p in photos[:8]])
+        onnx_export.quantize_int8(fp32, tmp / "model.int8.onnx", calib)
+        print(f"int8 quantisation {time.perf_counter() - t0:.0f} s; files "
+              f"{fp32.stat().st_size / 1e6:.0f} MB fp32, "
+              f"{(tmp / 'model.int8.onnx').stat().st_size / 1e6:.0f} MB int8")  # fmt: skip
+        for kind in ("onnx", "int8"):
+            predictor = Predictor.load(tmp, runtime=kind)
+            name = predictor.runtime.name
+            predictors[name] = predictor
+            session, feed = predictor.runtime._session, predictor.runtime._input
+            methods[f"{name}: bare forward"] = lambda i, s=session, f=feed: s.run(None, {f: pixels})
+            methods[f"{name}: Predictor (bytes)"] = lambda i, p=predictor: p.predict(
+                photos[i % len(photos)]
+            )
 
     for fn in methods.values():
         for i in range(args.warmup):
@@ -134,30 +141,40 @@ def main(argv=None) -> int:
             methods[label](i)
             times[label].append((time.perf_counter() - start) * 1e3)
 
-    split = [predictor.predict(photos[i % len(photos)]).timings_ms for i in range(5)]
-    base = _stats(times["bare compiled forward"])[0]
+    keras_base = _stats(times["keras: bare compiled forward"])[0]
     print(f"\nsingle image, batch 1, {args.repeats} calls each (ms)")
-    print(f"{'method':<34}{'p50':>9}{'p95':>9}{'mean':>9}{'min':>9}{'p50 / bare':>12}")
+    print(f"{'method':<36}{'p50':>9}{'p95':>9}{'mean':>9}{'min':>9}{'p50/keras fwd':>15}")
     for label, ms in times.items():
         p50, p95, mean, low = _stats(ms)
-        print(f"{label:<34}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{low:>9.1f}{p50 / base:>11.2f}x")
-    print("predictor stages (median of 5, ms): " + ", ".join(
-        f"{k} {np.median([s[k] for s in split]):.1f}" for k in ("preprocess", "forward", "total")
-    ))  # fmt: skip
-    ratio = _stats(times["predictor (bytes -> Prediction)"])[0] / base
-    print(f"target: predictor p50 <= 1.15 x bare forward p50 -> {ratio:.2f}x "
-          f"({'met' if ratio <= 1.15 else 'NOT met'})")  # fmt: skip
+        print(f"{label:<36}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{low:>9.1f}{p50 / keras_base:>14.2f}x")
+    print("\ntargets")
+    for name, limit in (("onnx-fp32", 0.6), ("onnx-int8", 0.25)):
+        if f"{name}: bare forward" in times:
+            ratio = _stats(times[f"{name}: bare forward"])[0] / keras_base
+            verdict = "met" if ratio <= limit else "NOT met"
+            print(f"  {name} forward <= {limit} x keras forward: {ratio:.2f}x ({verdict})")
+    for name in predictors:
+        bare_label = "keras: bare compiled forward" if name == "keras" else f"{name}: bare forward"
+        ratio = _stats(times[f"{name}: Predictor (bytes)"])[0] / _stats(times[bare_label])[0]
+        verdict = "met" if ratio <= 1.15 else "NOT met"
+        print(f"  {name} Predictor <= 1.15 x its bare forward: {ratio:.2f}x ({verdict})")
+    for name, predictor in predictors.items():
+        split = [predictor.predict(photos[i % len(photos)]).timings_ms for i in range(5)]
+        stages = ("preprocess", "forward", "total")
+        medians = ", ".join(f"{k} {np.median([s[k] for s in split]):.1f}" for k in stages)
+        print(f"  {name} stages (median of 5, ms): {medians}")
 
     batch = photos[: args.batch]
     ready = np.stack([preprocess_image(p, args.size) for p in batch]).astype(np.float32)
     n = len(batch)
     rows = {
-        "predictor.predict_batch (bytes)": lambda: predictor.predict_batch(batch, batch_size=n),
-        "bare compiled forward (ready)": lambda: bare(tf.constant(ready)).numpy(),
-        "model.predict (ready)": lambda: model.predict(ready, batch_size=n, verbose=0),
+        "keras: bare compiled forward (ready)": lambda: bare(tf.constant(ready)).numpy(),
+        "keras: model.predict (ready)": lambda: model.predict(ready, batch_size=n, verbose=0),
     }
-    if session is not None:
-        rows["onnxruntime (ready)"] = lambda: session.run(None, {name: ready})
+    for name, predictor in predictors.items():
+        rows[f"{name}: predict_batch (bytes)"] = lambda p=predictor: p.predict_batch(
+            batch, batch_size=n
+        )
     print(f"\nbatch throughput, batch {len(batch)}, {args.batches} batches (images/s)")
     for label, fn in rows.items():
         fn()

@@ -114,6 +114,11 @@ def _add_evaluate(verbs) -> Handler:
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--keras-only",
+        action="store_true",
+        help="do not also score the run's ONNX models (model.onnx, model.int8.onnx)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from scalpnet.judge import evaluation
@@ -123,7 +128,12 @@ def _add_evaluate(verbs) -> Handler:
         config = evaluation.EvaluationConfig(
             split=args.split, batch_size=args.batch_size, progress=not args.no_progress
         )
-        result = evaluation.evaluate(args.run, config)
+        others = {}
+        if not args.keras_only:
+            from scalpnet.serve import runtimes
+
+            others = runtimes.onnx_probability_fns(args.run)
+        result = evaluation.evaluate(args.run, config, runtimes=others)
         print(result.summary_table())
         return 0
 
@@ -169,19 +179,26 @@ def _add_predict(verbs) -> Handler:
         action="store_true",
         help="average flipped views and report their spread as uncertainty",
     )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "onnx", "int8", "keras"],
+        help="auto (default, or $SCALPNET_RUNTIME): int8 ONNX when its recorded check passed, "
+        "else fp32 ONNX, else Keras",
+    )
 
     def run(args: argparse.Namespace) -> int:
         _require_model_source(args.run)
-        from scalpnet.serve import predictor as inference
+        from scalpnet.serve import predict_verb
 
-        config = inference.PredictConfig(
+        config = predict_verb.PredictConfig(
             images=tuple(args.images),
             run=args.run,
             sha256=args.sha256,
             tta=args.tta,
             gradcam=args.gradcam,
+            runtime=args.runtime,
         )
-        report = inference.run_predict(config)
+        report = predict_verb.run_predict(config)
         if report.results or args.json:
             print(report.to_json() if args.json else report.text())
         for _image, message in report.errors:
@@ -201,7 +218,14 @@ def _add_export(verbs) -> Handler:
         "tolerance.",
     )
     p.add_argument("--run", type=Path, required=True, help="the run folder (or a .keras file)")
-    p.add_argument("--format", choices=["savedmodel", "onnx", "litert"], default="savedmodel")
+    p.add_argument(
+        "--format",
+        choices=["savedmodel", "onnx", "litert", "int8"],
+        default="savedmodel",
+        help="int8: write the served ONNX models into the run folder (model.onnx, "
+        "model.int8.onnx calibrated on val images, onnx_check.json: both checked on the test "
+        "split); the others: a probabilities-only model under RUN/export/",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -216,6 +240,12 @@ def _add_export(verbs) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         _require_model_source(args.run)
+        if args.format == "int8":
+            from scalpnet.serve import onnx_export
+
+            onnx_export.require_keras_run(args.run)
+            print(onnx_export.summary(onnx_export.export_run(args.run)))
+            return 0
         from scalpnet.serve import export
 
         config = export.ExportConfig(

@@ -17,8 +17,10 @@ def write_run(
     model_file: Path | None = None,
     ood_threshold: float = 1e12,
     image_size: int = 64,
+    onnx: bool = False,
 ) -> Path:
-    """A complete run folder: model (built, or linked), card, thresholds, calibration, OOD."""
+    """A complete run folder: model (built, or linked), card, thresholds, calibration, OOD;
+    with ``onnx``, also its fp32 ``model.onnx`` (served instead of Keras; ~40 s to export)."""
     from scalpnet.judge.ood import OODModel
 
     folder.mkdir(parents=True)
@@ -60,6 +62,11 @@ def write_run(
         "at_tuned": {"top1_accuracy": 0.5, "macro": {"f1": 0.25}},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
+    if onnx:
+        from scalpnet.learn.model import load_model
+        from scalpnet.serve.onnx_export import export_fp32
+
+        export_fp32(load_model(folder / "model.keras"), folder / "model.onnx")
     return folder
 
 

@@ -91,3 +91,24 @@ def jpeg_bytes(rgb: np.ndarray, **save) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=92, **save)
     return buffer.getvalue()
+
+
+@functools.cache
+def onnx_files(size: int = SIZE) -> tuple[Path, Path]:
+    """(fp32, int8) ONNX serving models of :func:`model_file`, exported once per process."""
+    from scalpnet.learn.model import load_model
+    from scalpnet.serve import onnx_export
+
+    folder = model_file(size).parent
+    fp32 = onnx_export.export_fp32(load_model(model_file(size)), folder / "model.onnx")
+    pixels = np.stack([photo(seed, (size, size)) for seed in range(8)])
+    return fp32, onnx_export.quantize_int8(fp32, folder / "model.int8.onnx", pixels)
+
+
+def add_onnx(folder: Path, size: int = SIZE, *, int8: bool = False) -> Path:
+    """Copy the ONNX model(s) of :func:`model_file` into a run folder made by :func:`make_run`."""
+    fp32, quantized = onnx_files(size)
+    shutil.copy(fp32, folder / "model.onnx")
+    if int8:
+        shutil.copy(quantized, folder / "model.int8.onnx")
+    return folder

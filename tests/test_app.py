@@ -29,6 +29,7 @@ APP_VARS = (
     "SCALPNET_RUNS_DIR",
     "SCALPNET_MODEL_URL",
     "SCALPNET_MODEL_SHA256",
+    "SCALPNET_RUNTIME",
     "GEMINI_MODEL",
     "GEMINI_BASE_URL",
     "GEMINI_API_VERSION",
@@ -340,6 +341,34 @@ def test_gradcam_overlay(env, synthetic_jpeg):
     assert len(at.get("image")) == images_before + 1
     captions = [img.caption for image in at.get("image") for img in image.proto.imgs]
     assert any("Grad-CAM" in caption for caption in captions)
+
+
+@pytest.mark.slow
+def test_onnx_run_is_served_by_onnx_runtime_and_named(env, tmp_path, synthetic_jpeg):
+    """A run folder with model.onnx is served by ONNX Runtime: the same numbers as Keras,
+    the CAM overlay, and the sidebar and the reports name the runtime."""
+    from scalpnet.app import state
+    from scalpnet.serve.predictor import Predictor
+
+    run = write_run(tmp_path / "runs" / "onnx-run", onnx=True)
+    env.setenv("SCALPNET_RUN", str(run))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert "`onnx-fp32`" in "\n".join(m.value for m in at.sidebar.markdown)
+    keras = Predictor.load(run, runtime="keras").predict(synthetic_jpeg)
+    rows = chart_rows(at)
+    np.testing.assert_allclose([r["probability"] for r in rows], keras.probabilities, atol=1e-4)
+    at.toggle(key="gradcam").set_value(True).run()
+    assert_no_error(at)
+    captions = [img.caption for image in at.get("image") for img in image.proto.imgs]
+    assert any("Grad-CAM" in caption for caption in captions)
+    report = state.build_report(keras, card={"name": "x"}, language="en", runtime="onnx-fp32")
+    assert report["model"]["runtime"] == "onnx-fp32"
+    assert "onnx-fp32" in state.report_markdown(report)
+    env.setenv("SCALPNET_RUNTIME", "keras")  # the setting wins over auto
+    at = new_app()
+    assert_no_error(at)
+    assert "`keras`" in "\n".join(m.value for m in at.sidebar.markdown)
 
 
 def test_ood_photo_gets_a_warning(env, app_run, tmp_path, synthetic_jpeg):

@@ -7,6 +7,8 @@ tests skip and say why. Gemini is the local fake server, so the explanation stre
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -51,10 +53,12 @@ def _chromium() -> Path:
     return CHROMIUM
 
 
-def start_app(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_app(
+    port: int, env: dict[str, str], log: Path, script: Path = REPO / "streamlit_app.py"
+) -> subprocess.Popen:
     """``streamlit run streamlit_app.py`` in its own process group, output into ``log``."""
     command = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+        sys.executable, "-m", "streamlit", "run", str(script),
         "--server.port", str(port), "--server.address", "127.0.0.1",
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
@@ -102,13 +106,22 @@ def fake_gemini():
         yield fake
 
 
+def probe_file(folder: Path) -> Path:
+    """Where tests/app_probe.py writes the app process's TensorFlow/Keras modules."""
+    return folder / "modules.json"
+
+
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory, fake_gemini):
-    """A running app on a test run folder, with the fake Gemini; killed afterwards.
-    Yields its URL and the file its output goes to."""
+def browser_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser")
+
+
+@contextlib.contextmanager
+def running_app(folder: Path, fake_gemini, *, onnx: bool):
+    """``streamlit run`` on a test run folder with the fake Gemini; yields its URL.
+    Its output goes to ``folder / "streamlit.log"``; the process is killed afterwards."""
     _chromium()
-    folder = tmp_path_factory.mktemp("browser")
-    run = write_run(folder / "runs" / "browser-run")
+    run = write_run(folder / "runs" / "browser-run", onnx=onnx)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
     env.pop("GOOGLE_API_KEY", None)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the app quietens TensorFlow itself
@@ -119,21 +132,24 @@ def app_server(tmp_path_factory, fake_gemini):
         GEMINI_API_VERSION=fake_gemini.api_version,
         GEMINI_TIMEOUT_S="20",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        SCALPNET_PROBE_FILE=str(probe_file(folder)),
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "streamlit.log"
-    process = start_app(port, env, log)
+    process = start_app(port, env, log, script=REPO / "tests" / "app_probe.py")
     try:
         wait_healthy(process, url, log, START_TIMEOUT_S)
-        yield url, log
+        yield url
     finally:
         stop_app(process)
 
 
 @pytest.fixture(scope="module")
-def app_url(app_server) -> str:
-    return app_server[0]
+def app_url(browser_folder, fake_gemini):
+    """The app on a run folder with ONNX models: served by ONNX Runtime."""
+    with running_app(browser_folder, fake_gemini, onnx=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +222,40 @@ def test_not_an_image_gives_one_message_then_a_photo_works(app_url, photo, page,
     assert error_elements(page) == []
 
 
-def test_the_server_prints_no_tensorflow_startup_notices(app_server, page):
+def test_the_server_prints_no_tensorflow_startup_notices(
+    tmp_path_factory, fake_gemini, photo, page
+):
     from scalpnet.quiet import NOISE
 
-    url, log = app_server
-    page.goto(url)
-    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)  # TensorFlow is loaded
-    output = log.read_text(errors="replace")
+    folder = tmp_path_factory.mktemp("keras-app")
+    with running_app(folder, fake_gemini, onnx=False) as url:  # Keras: TensorFlow loads
+        page.goto(url)
+        page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+        page.locator('[data-testid="stVegaLiteChart"]').locator("canvas, svg").first.wait_for(
+            timeout=STEP_TIMEOUT_MS
+        )
+        page.get_by_text(EN["download_json"]).wait_for(timeout=STEP_TIMEOUT_MS)  # run finished
+        output = (folder / "streamlit.log").read_text(errors="replace")
     assert "Local URL" in output or "You can now view" in output  # the log is the server's
+    modules = json.loads(probe_file(folder).read_text())
+    assert any(m.startswith("tensorflow") for m in modules)  # so the check below means something
     assert [line for line in output.splitlines() if NOISE.search(line)] == []
+
+
+def test_onnx_serving_process_never_imports_tensorflow(app_url, browser_folder, photo, page):
+    """After a photo and its CAM are served, the streamlit process itself (checked from
+    inside it by tests/app_probe.py) has loaded no tensorflow or keras module."""
+    page.goto(app_url)
+    page.get_by_text(EN["title"]).wait_for(timeout=STEP_TIMEOUT_MS)
+    page.get_by_text("onnx-fp32").first.wait_for(timeout=STEP_TIMEOUT_MS)  # sidebar: runtime
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+    page.locator('[data-testid="stVegaLiteChart"]').locator("canvas, svg").first.wait_for(
+        timeout=STEP_TIMEOUT_MS
+    )
+    page.get_by_text(EN["gradcam_toggle"]).click()
+    page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=STEP_TIMEOUT_MS)  # overlay
+    page.get_by_text(EN["download_json"]).wait_for(timeout=STEP_TIMEOUT_MS)  # run finished
+    assert error_elements(page) == []
+    modules = json.loads(probe_file(browser_folder).read_text())
+    assert modules == [], modules[:10]

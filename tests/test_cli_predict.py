@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_helpers import THRESHOLDS, jpeg_bytes, make_run, photo
+from inference_helpers import THRESHOLDS, add_onnx, jpeg_bytes, make_run, photo
 from PIL import Image
 
 from scalpnet import cli
@@ -192,3 +192,60 @@ def test_out_of_distribution_warning_in_text_and_json(corpus, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["is_ood"] is False and result["ood_threshold"] == 1e30
     assert result["ood_score"] > 0
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level package names from ``python -X importtime`` output."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+@pytest.mark.slow
+def test_onnx_run_predicts_in_a_process_that_imports_no_tensorflow(corpus, tmp_path):
+    """A run folder with model.onnx: `predict` answers from ONNX Runtime, names it, writes
+    the CAM overlay, and the process never imports TensorFlow or Keras."""
+    run = add_onnx(make_run(tmp_path / "run"))
+    cam = tmp_path / "cam.png"
+    env = {k: v for k, v in os.environ.items() if k != "SCALPNET_RUNTIME"}
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "scalpnet",
+        "predict",
+        str(corpus["good"]["plain"]),
+        "--run",
+        str(run),
+        "--json",
+        "--gradcam",
+        str(cam),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(proc.stdout)
+    assert document["model"]["runtime"] == "onnx-fp32" and cam.is_file()
+    imported = _imported(proc.stderr)
+    assert "onnxruntime" in imported
+    assert not imported & {"tensorflow", "keras", "tf2onnx"}
+    expected = Predictor.load(run, runtime="keras").predict(corpus["good"]["plain"])
+    got = [document["results"][0]["probabilities"][k] for k in KEYS]
+    # An untrained model's huge logits magnify float32 rounding; the 1e-4 parity is held on
+    # the trained tiny run (tests/serve/test_onnx_export.py).
+    np.testing.assert_allclose(got, expected.probabilities, atol=1e-3)
+
+
+def test_broken_onnx_asked_for_by_name_is_one_line_and_exit_2(corpus, tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    (run / "model.onnx").write_bytes(b"\x08\x07broken")
+    image = str(corpus["good"]["plain"])
+    assert cli.main(["predict", image, "--run", str(run), "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and "model.onnx" in err and "Traceback" not in err
+    assert cli.main(["predict", image, "--run", str(run)]) == 0  # auto: falls back to Keras
+    out = capsys.readouterr().out
+    assert "runtime keras" in out and "note: " in out and "model.onnx" in out

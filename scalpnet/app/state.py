@@ -23,7 +23,8 @@ from scalpnet.serve.prediction import Prediction
 
 MAX_UPLOAD_MB = 10  # also server.maxUploadSize in .streamlit/config.toml
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "heic", "heif")
-RUN_FILES = ("model.keras", "model_card.json")  # what makes a run folder complete ...
+CARD_FILE = "model_card.json"  # a complete run folder: its card, a model ...
+MODEL_FILES = ("model.keras", "model.onnx")  # ... either one (a deployed run may lack .keras) ...
 RESUME_DIR = ".resume"  # ... unless training is still going on (scalpnet.learn.training)
 
 # Setting names, the same in the environment and in .streamlit/secrets.toml.
@@ -32,6 +33,7 @@ SETTING_NAMES = (
     "SCALPNET_RUNS_DIR",  # where to look for the newest run (default: runs/ beside the app)
     "SCALPNET_MODEL_URL",  # https URL of a model.keras ...
     "SCALPNET_MODEL_SHA256",  # ... and its required SHA-256
+    "SCALPNET_RUNTIME",  # auto | onnx | int8 | keras (scalpnet.serve.runtimes.open_runtime)
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",  # the SDK's other name for the key; wins over GEMINI_API_KEY
     # Read by AdvisorConfig.from_env (serve/advisor/config.py); tests point the SDK at a fake.
@@ -76,6 +78,7 @@ class Settings:
     runs_dir: Path = Path("runs")
     model_url: str | None = None
     model_sha256: str | None = None
+    runtime: str = "auto"  # auto | onnx | int8 | keras
     gemini_api_key: str | None = None
     advisor: Mapping[str, str] = field(default_factory=dict)  # ADVISOR_SETTINGS that are set
 
@@ -95,6 +98,7 @@ class Settings:
             runs_dir=Path(runs_dir) if runs_dir else default_runs_dir,
             model_url=get("SCALPNET_MODEL_URL"),
             model_sha256=get("SCALPNET_MODEL_SHA256"),
+            runtime=(get("SCALPNET_RUNTIME") or "auto").lower(),
             gemini_api_key=get("GOOGLE_API_KEY") or get("GEMINI_API_KEY"),
             advisor={name: get(name) for name in ADVISOR_SETTINGS if get(name)},
         )
@@ -128,15 +132,17 @@ def _created(run: Path) -> float:
 
 
 def newest_complete_run(runs_dir: Path) -> Path | None:
-    """The newest finished run under ``runs_dir``: ``model.keras`` and ``model_card.json``
-    present, no ``.resume/`` (training leaves that only while a run is unfinished)."""
+    """The newest finished run under ``runs_dir``: ``model_card.json`` and ``model.keras`` or
+    ``model.onnx`` present, no ``.resume/`` (training leaves that only while a run is
+    unfinished)."""
     if not runs_dir.is_dir():
         return None
     complete = [
         d
         for d in runs_dir.iterdir()
         if d.is_dir()
-        and all((d / f).is_file() for f in RUN_FILES)
+        and (d / CARD_FILE).is_file()
+        and any((d / f).is_file() for f in MODEL_FILES)
         and not (d / RESUME_DIR).exists()
     ]
     return max(complete, key=lambda d: (_created(d), d.name), default=None)
@@ -381,6 +387,7 @@ def build_report(
     explanation: Explanation | None = None,
     metrics: Mapping | None = None,
     now: datetime | None = None,
+    runtime: str | None = None,
 ) -> dict:
     """The JSON result a user downloads: image hash, model card, probabilities, thresholds,
     and the explanation marked as AI-generated or as the offline fact sheet."""
@@ -390,7 +397,7 @@ def build_report(
         "generated": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "language": language,
         "image": {"name": image_name, "sha256": prediction.image_sha256},
-        "model": {"name": card.get("name"), "card": dict(card)},
+        "model": {"name": card.get("name"), "runtime": runtime, "card": dict(card)},
         "result": result,
         "explanation": None,
     }
@@ -431,6 +438,7 @@ def report_markdown(report: Mapping) -> str:
         f"(SHA-256 `{report['image'].get('sha256') or '–'}`)",
         f"- {t['report_model']}: {model.get('name') or '–'}, {t['model_created']} "
         f"{card.get('created', '–')}, {t['model_data']}: {data_kind}",
+        f"- {t['report_runtime']}: {model.get('runtime') or '–'}",
         f"- {t['report_ood']}: {t['report_yes'] if result.get('is_ood') else t['report_no']}",
         "",
         f"## {t['report_probabilities']}",

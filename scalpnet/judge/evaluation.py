@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ from scalpnet.judge.metrics import (
     tune_thresholds,
 )
 from scalpnet.labels import KEYS, NUM_CLASSES
+
+ProbsFn = Callable[[np.ndarray], np.ndarray]  # (B, S, S, 3) pixels 0-255 -> (B, 10) probs
 
 SPLITS = ("train", "val", "test")
 THRESHOLDS_FILE = "thresholds.json"
@@ -135,9 +138,7 @@ class EvaluationResult:
         lines.append(f"{'macro ROC AUC':<{width}}{f3(at5['macro']['roc_auc']):>10}")
         lines.append(f"{'metric':<{width}}{'before':>10}{'after':>10}")
         for label, key in (("ECE (calibration)", "ece"), ("Brier score", "brier")):
-            lines.append(
-                f"{label:<{width}}{f3(cal['before'][key]):>10}{f3(cal['after'][key]):>10}"
-            )
+            lines.append(f"{label:<{width}}{f3(cal['before'][key]):>10}{f3(cal['after'][key]):>10}")
         if "report" in self.files:
             lines.append(f"report: {self.files['report']}")
         return "\n".join(lines)
@@ -258,8 +259,19 @@ def read_card(run_dir: Path) -> dict:
     return card
 
 
-def predict_split(model, csv: Path, split: str, image_size: int, batch_size: int, progress: bool):
-    """Labels (N, 10) and raw probabilities (N, 10) of one split, in CSV order.
+def predict_split(
+    probs_fns: Mapping[str, ProbsFn],
+    csv: Path,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels (N, 10) and each runtime's raw probabilities (N, 10) of one split, in CSV order.
+
+    Args:
+        probs_fns: runtime name -> function from (B, S, S, 3) float32 pixels 0-255 to
+            (B, 10) raw probabilities; every runtime sees the same batches.
 
     Raises:
         DatasetError: from ``dataset.make_dataset`` (missing CSV or images, empty split).
@@ -272,7 +284,7 @@ def predict_split(model, csv: Path, split: str, image_size: int, batch_size: int
         csv, split, image_size=image_size, batch_size=batch_size, training=False
     )
     steps = int(ds.cardinality())
-    labels, probs = [], []
+    labels, probs = [], {name: [] for name in probs_fns}
     bar = tqdm(
         ds,
         total=steps if steps >= 0 else None,
@@ -282,9 +294,32 @@ def predict_split(model, csv: Path, split: str, image_size: int, batch_size: int
         leave=False,
     )
     for x, y in bar:
-        probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))  # (B, 10)
+        pixels = np.asarray(x, dtype=np.float32)  # (B, S, S, 3)
+        for name, fn in probs_fns.items():
+            probs[name].append(np.asarray(fn(pixels), dtype=np.float32))  # (B, 10)
         labels.append(np.asarray(y, dtype=np.float32))  # (B, 10)
-    return np.concatenate(labels), np.concatenate(probs)
+    return np.concatenate(labels), {name: np.concatenate(p) for name, p in probs.items()}
+
+
+def compare_runtimes(
+    y: np.ndarray, by_runtime: Mapping[str, np.ndarray], calibration, thresholds
+) -> dict:
+    """Headline metrics of each runtime's (N, 10) raw probabilities under the same
+    calibration and thresholds, and its largest difference from the first runtime."""
+    names = list(by_runtime)
+    reference = calibration.apply(by_runtime[names[0]])
+    out = {}
+    for name in names:
+        calibrated = calibration.apply(by_runtime[name])
+        tuned = compute_metrics(y, calibrated, thresholds)
+        at5 = compute_metrics(y, calibrated, DEFAULT_THRESHOLD)
+        out[name] = {
+            "top1_accuracy": tuned["top1_accuracy"],
+            "macro_f1_at_tuned": tuned["macro"]["f1"],
+            "macro_roc_auc": at5["macro"]["roc_auc"],
+            f"max_prob_diff_vs_{names[0]}": float(np.max(np.abs(calibrated - reference))),
+        }
+    return out
 
 
 def default_command(run_dir: Path, split: str, batch_size: int) -> str:
@@ -313,6 +348,7 @@ def evaluate(
     run_dir: str | os.PathLike,
     config: EvaluationConfig = EvaluationConfig(),
     command: str | None = None,
+    runtimes: Mapping[str, ProbsFn] | None = None,
 ) -> EvaluationResult:
     """Evaluate a run folder and write its thresholds, calibration, metrics, report and plots.
 
@@ -324,6 +360,10 @@ def evaluate(
         config: the split to score (val is always the one fitted on), batch size, ECE bins,
             progress bar.
         command: the command line to record in the report (default: the equivalent CLI line).
+        runtimes: other runtimes of the same model (name -> (B, S, S, 3) float32 pixels ->
+            (B, 10) raw probabilities, e.g. ONNX Runtime ones composed by the CLI), scored
+            on the split with the calibration and thresholds fitted on Keras's val outputs;
+            metrics.json["runtimes"] puts them beside Keras.
 
     Raises:
         ModelNotFoundError: no model or usable model card in ``run_dir``.
@@ -335,12 +375,16 @@ def evaluate(
     from scalpnet.learn.model import load_model  # TensorFlow: only once the card is known good
 
     model = load_model(run_dir / "model.keras")
+    fns = {"keras": model.predict_on_batch, **(runtimes or {})}
     csv, size = Path(card["dataset"]["csv"]), int(card["image_size"])
-    y, probs = predict_split(model, csv, split, size, batch_size, progress)
+    y, by_runtime = predict_split(fns, csv, split, size, batch_size, progress)
+    probs = by_runtime["keras"]
     if split == "val":
         val_y, val_probs = y, probs
     else:
-        val_y, val_probs = predict_split(model, csv, "val", size, batch_size, progress)
+        keras_only = {"keras": fns["keras"]}
+        val_y, val = predict_split(keras_only, csv, "val", size, batch_size, progress)
+        val_probs = val["keras"]
 
     sections, calibration, thresholds = evaluate_predictions(
         val_y, val_probs, y, probs, config.n_bins
@@ -348,6 +392,14 @@ def evaluate(
     if split != "test":
         fitted = "the model was trained on" if split == "train" else "thresholds were fitted on"
         sections["notes"].append(f"evaluated on the {split} split {fitted}: optimistic")
+    if len(by_runtime) > 1:
+        sections["runtimes"] = compare_runtimes(y, by_runtime, calibration, thresholds)
+        for name, row in sections["runtimes"].items():
+            sections["notes"].append(
+                f"runtime {name}: top-1 {row['top1_accuracy']:.2%}, macro F1 at tuned "
+                f"{row['macro_f1_at_tuned']:.3f}, macro ROC AUC {row['macro_roc_auc']:.3f}, "
+                f"max |p - keras| {row['max_prob_diff_vs_keras']:.2e}"
+            )
     training_command = card.get("command") or (card.get("training") or {}).get("command")
     metrics = {
         "schema": 1,

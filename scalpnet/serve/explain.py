@@ -1,4 +1,10 @@
-"""Grad-CAM heatmaps (where in the photo the model looked) and overlays on the photo.
+"""Class activation maps (where in the photo the model looked) and overlays on the photo.
+
+Served maps come from :func:`cam`: with global average pooling then one Dense layer, the
+gradient of class c's logit with respect to the last conv map A is ``w_c / (h w)`` in every
+cell, so Grad-CAM is CAM, ``ReLU(sum_k w_kc A_k)`` up to a constant, which the runtimes
+compute in their forward pass (``runtimes.serving_model``); no gradients, no TensorFlow.
+:class:`GradCam` keeps the gradient version, the reference the tests hold CAM to.
 
 Grad-CAM (Selvaraju et al., 2017): weight each channel of the last convolutional
 block's output by the mean gradient of the class score over the spatial grid, sum,
@@ -16,7 +22,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scalpnet.learn.model import LAST_CONV_LAYER
+
+def cam(maps: np.ndarray, classes, size: int) -> np.ndarray:
+    """(h, w, 10) class maps of one image -> (len(classes), size, size) float32 heat in [0, 1].
+
+    ReLU, bilinear upsampling to the model's input side, then scaled by the maximum.
+    """
+    maps = np.asarray(maps, np.float32)
+    return np.stack([_normalise(_upsample(np.maximum(maps[..., c], 0.0), size)) for c in classes])
 
 
 class GradCam:
@@ -26,16 +39,19 @@ class GradCam:
     the head only), so asking for several conditions costs one forward pass.
     """
 
-    def __init__(self, model, layer: str = LAST_CONV_LAYER):
+    def __init__(self, model, layer: str | None = None):
         import keras
         import tensorflow as tf
+
+        from scalpnet.learn.model import LAST_CONV_LAYER
 
         self.size = int(model.input_shape[1])
         head = model.layers[-1]
         linear_head = isinstance(head, keras.layers.Dense)
         # Outputs: the conv block's activations and what the score is computed from.
         score_source = head.input if linear_head else model.output
-        probe = keras.Model(model.inputs, [model.get_layer(layer).output, score_source])
+        conv_output = model.get_layer(layer or LAST_CONV_LAYER).output
+        probe = keras.Model(model.inputs, [conv_output, score_source])
 
         @tf.function(
             input_signature=[tf.TensorSpec((None, self.size, self.size, 3), tf.float32)],
@@ -80,14 +96,14 @@ def _normalise(heat: np.ndarray) -> np.ndarray:
     return (heat / peak if peak > 0 else heat).astype(np.float32)
 
 
-def gradcam(model, image: np.ndarray, class_index: int, layer: str = LAST_CONV_LAYER) -> np.ndarray:
+def gradcam(model, image: np.ndarray, class_index: int, layer: str | None = None) -> np.ndarray:
     """Grad-CAM of one condition on one model-ready image.
 
     Args:
         model: a ScalpNet model (``model.build_model`` or loaded).
         image: (S, S, 3) uint8, as ``preprocess.preprocess_image`` returns it.
         class_index: index into ``labels.CONDITIONS``.
-        layer: the convolutional layer to explain.
+        layer: the convolutional layer to explain (default ``conv5_block3_out``).
 
     Returns:
         (S, S) float32 in [0, 1]. For many calls on one model, keep a :class:`GradCam`.

@@ -116,6 +116,22 @@ def test_newest_complete_run_wins(tmp_path):
     assert app_state.newest_complete_run(tmp_path) == tmp_path / "new"
 
 
+def test_a_run_with_only_an_onnx_model_is_complete(tmp_path):
+    make_run(tmp_path / "keras", "2026-01-01T00:00:00+00:00")
+    onnx = make_run(tmp_path / "onnx", "2026-06-01T00:00:00+00:00")
+    (onnx / "model.keras").rename(onnx / "model.onnx")
+    assert app_state.newest_complete_run(tmp_path) == onnx
+
+
+def test_runtime_setting_from_environment_or_secrets(tmp_path):
+    assert app_state.Settings.from_sources({}, {}, tmp_path).runtime == "auto"
+    secrets = {"SCALPNET_RUNTIME": "INT8"}
+    assert app_state.Settings.from_sources({}, secrets, tmp_path).runtime == "int8"
+    env = {"SCALPNET_RUNTIME": "keras"}
+    assert app_state.Settings.from_sources(env, secrets, tmp_path).runtime == "keras"
+    assert app_state.read_secrets(secrets)[0] == {"SCALPNET_RUNTIME": "INT8"}
+
+
 def test_card_without_date_falls_back_to_file_time(tmp_path):
     make_run(tmp_path / "dated", "2020-01-01T00:00:00+00:00")
     undated = make_run(tmp_path / "undated", None)
@@ -243,6 +259,15 @@ def test_report_json_has_hash_card_probabilities_and_ai_label():
     assert data["explanation"]["ai_generated"] is True
     assert data["explanation"]["text"] == "Gemini says **hi**."
     assert data["generated"] == "2026-11-23T12:00:00+00:00"
+    assert data["model"]["runtime"] is None  # not given
+
+
+def test_reports_name_the_runtime_that_answered():
+    report = app_state.build_report(
+        make_prediction(), card={"name": "r"}, language="ko", runtime="onnx-int8"
+    )
+    assert json.loads(app_state.report_json(report))["model"]["runtime"] == "onnx-int8"
+    assert "onnx-int8" in app_state.report_markdown(report)
 
 
 def test_report_markdown_in_korean_marks_the_offline_fact_sheet():

@@ -313,6 +313,7 @@ PER_REPLICA = 8
 COMMON = [
     "--image-size", str(SIZE), "--weights", "none", "--dropout", "0", "--no-augment",
     "--lr-scaling", "none", "--seed", "0", "--verbose", "2",
+    "--no-export",  # the ONNX export is tested once, in tests/learn/test_training.py
 ]  # fmt: skip
 EPOCHS_2 = ["--epochs", "0", "2", "--batch-size", str(PER_REPLICA)]
 GLOBAL_16 = ["--epochs", "0", "2", "--batch-size", str(2 * PER_REPLICA)]  # on one replica

@@ -337,6 +337,11 @@ def test_killed_in_either_phase_the_same_command_resumes_and_finishes(tmp_path):
     assert {"model.keras", "model_card.json", "history.csv", "curves.png", "logs"} <= {
         p.name for p in run.iterdir()
     }
+    # train.py's export step: both ONNX models and their check on the test split.
+    assert {"model.onnx", "model.int8.onnx", "onnx_check.json"} <= {p.name for p in run.iterdir()}
+    check = json.loads((run / "onnx_check.json").read_text())
+    assert check["fp32"]["passed"] and check["int8"] is not None
+    assert "served by default:" in done.stdout
     assert not (run / training.RESUME_DIR).exists()
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]

@@ -23,7 +23,7 @@ def test_heatmap_shape_range_and_dtype(predictor):
     # The top class has the largest logit, > 0 for an untrained model with zero bias, so its
     # CAM (whose mean is the logit) has a positive part to normalise.
     top = predictor.predict(photo(0)).top
-    heat = explain.gradcam(predictor.model, pixels, class_index=top)
+    heat = explain.gradcam(predictor.runtime.model, pixels, class_index=top)
     assert heat.shape == (SIZE, SIZE) and heat.dtype == np.float32
     assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0)
 
@@ -31,7 +31,7 @@ def test_heatmap_shape_range_and_dtype(predictor):
 def test_gradcam_equals_cam_for_a_pooled_linear_head(predictor):
     """With global average pooling + one Dense layer, Grad-CAM's channel weights are the
     Dense kernel column (over h*w), so the map must equal CAM computed by hand."""
-    model = predictor.model
+    model = predictor.runtime.model
     pixels = predictor.prepare(photo(1)).pixels
     classes = [0, 4, 9]
     heats = explain.GradCam(model)(pixels, classes)
@@ -133,7 +133,7 @@ def test_heat_follows_the_condition_to_the_corner_it_is_drawn_in(tiny_run):
 def test_explain_from_several_threads_at_once():
     from concurrent.futures import ThreadPoolExecutor
 
-    predictor = Predictor.load(model_file())  # fresh: the Grad-CAM helper is not built yet
+    predictor = Predictor.load(model_file())
     rgb = photo(5)
     with ThreadPoolExecutor(max_workers=4) as pool:
         heats = list(pool.map(lambda _: predictor.explain(rgb, classes=[2])[2], range(4)))

@@ -21,7 +21,8 @@ from scalpnet.data.preprocess import preprocess_image
 from scalpnet.errors import InvalidImageError, ModelNotFoundError
 from scalpnet.judge.calibration import Calibration
 from scalpnet.labels import KEYS, NUM_CLASSES
-from scalpnet.serve.predictor import Predictor, fetch_model
+from scalpnet.serve.fetch import fetch_model
+from scalpnet.serve.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,9 @@ def predictor(run_dir) -> Predictor:
 
 def _model_probs(predictor: Predictor, pixels: np.ndarray) -> np.ndarray:
     """The Keras model's own forward pass on (B, S, S, 3) uint8 pixels -> (B, 10)."""
-    return np.asarray(predictor.model(pixels.astype(np.float32), training=False), np.float64)
+    return np.asarray(
+        predictor.runtime.model(pixels.astype(np.float32), training=False), np.float64
+    )
 
 
 def _assert_same(a, b, atol=1e-6):

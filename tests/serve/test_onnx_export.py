@@ -1,0 +1,132 @@
+"""The run folder's ONNX models on the trained tiny run: the same Prediction as Keras on the
+real photos, int8 within the gate, the record in onnx_check.json, what auto then serves,
+the evaluation of every runtime, and the gate's arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalpnet.judge.calibration import Calibration
+from scalpnet.serve import onnx_export, runtimes
+from scalpnet.serve.predictor import Predictor
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic"}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(tiny_run, run)
+    return run, onnx_export.export_run(run)
+
+
+def real_photos() -> list[Path]:
+    photos = sorted(
+        p
+        for folder in ("real_photos", "real_scalp")
+        for p in (FIXTURES / folder).rglob("*")
+        if p.suffix.lower() in PHOTO_SUFFIXES
+    )
+    if not photos:
+        pytest.skip(f"no real photos under {FIXTURES}")
+    return photos
+
+
+def _write_trivial_ood(run: Path, photos, keras: Predictor) -> float:
+    """An OOD model (distance to the origin) whose threshold sits in the widest gap between
+    the middle scores of ``photos``, so some photos are flagged and some are not."""
+    from scalpnet.judge.ood import OODModel
+
+    features, _ = keras.forward(np.stack([keras.prepare(p).pixels for p in photos]))
+    model = OODModel(
+        means=np.zeros((1, 2048), np.float32),
+        whitener=np.eye(2048, dtype=np.float32),
+        classes=np.array([0]),
+        threshold=0.0,
+    )
+    scores = np.sort(model.score(features))
+    middle = scores[len(scores) // 4 : 3 * len(scores) // 4 + 1]
+    gap = int(np.argmax(np.diff(middle)))
+    threshold = float((middle[gap] + middle[gap + 1]) / 2)
+    dataclasses.replace(model, threshold=threshold).save(run / "ood.npz")
+    return threshold
+
+
+@pytest.mark.slow
+def test_onnx_gives_the_keras_prediction_on_real_photos(exported, tmp_path):
+    photos = real_photos()
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run, ignore=shutil.ignore_patterns("model.int8.onnx"))
+    keras = Predictor.load(run, runtime="keras")
+    _write_trivial_ood(run, photos, keras)
+    keras = Predictor.load(run, runtime="keras")
+    onnx = Predictor.load(run)
+    assert (keras.runtime.name, onnx.runtime.name) == ("keras", "onnx-fp32")
+    expected, got = keras.predict_batch(photos), onnx.predict_batch(photos)
+    flagged = [p.is_ood for p in expected]
+    assert 0 < sum(flagged) < len(flagged)  # the OOD flag is really compared
+    for path, a, b in zip(photos, expected, got, strict=True):
+        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-4, err_msg=path.name)
+        assert b.positives == a.positives, path.name
+        assert b.is_ood == a.is_ood, path.name
+        assert b.ood_score == pytest.approx(a.ood_score, rel=1e-4)
+    tta_a, tta_b = keras.predict(photos[0], tta=True), onnx.predict(photos[0], tta=True)
+    np.testing.assert_allclose(tta_b.uncertainty, tta_a.uncertainty, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_run_writes_both_models_and_their_check(exported):
+    run, record = exported
+    assert json.loads((run / runtimes.CHECK_FILE).read_text()) == record
+    fp32, int8 = record["fp32"], record["int8"]
+    assert fp32["passed"] and fp32["max_raw_diff"] <= onnx_export.FP32_TOLERANCE
+    assert fp32["n"] == 200 and fp32["top1_agreement"] == 1.0  # the tiny run's test split
+    assert int8["bytes"] < 0.4 * fp32["bytes"]
+    # The issue's gate, on the tiny run's test split (measured: see the record).
+    assert int8["passed"], int8["reasons"]
+    assert int8["top1_agreement"] >= 0.99 and int8["max_prob_diff"] <= 0.05
+    assert int8["max_flip_rate"] <= 0.01
+    assert record["served_by_default"] == "onnx-int8"
+    predictor = Predictor.load(run)
+    assert predictor.runtime.name == "onnx-int8" and predictor.runtime_note is None
+
+
+@pytest.mark.slow
+def test_evaluate_scores_every_runtime_side_by_side(exported, tmp_path):
+    from scalpnet.judge import evaluation
+
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run)
+    others = runtimes.onnx_probability_fns(run)
+    assert list(others) == ["onnx-fp32", "onnx-int8"]
+    config = evaluation.EvaluationConfig(progress=False)
+    metrics = evaluation.evaluate(run, config, runtimes=others).metrics
+    table = metrics["runtimes"]
+    assert list(table) == ["keras", "onnx-fp32", "onnx-int8"]
+    assert table["onnx-fp32"]["max_prob_diff_vs_keras"] <= 1e-4
+    assert table["onnx-fp32"]["top1_accuracy"] == table["keras"]["top1_accuracy"]
+    assert table["onnx-int8"]["max_prob_diff_vs_keras"] <= 0.05
+    assert any(note.startswith("runtime onnx-int8:") for note in metrics["notes"])
+
+
+def test_gate_reasons_name_each_failed_condition():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.05, 0.95, (200, 10))
+    identity, half = Calibration.identity(), np.full(10, 0.5)
+    same = onnx_export.compare(reference, reference.copy(), identity, half)
+    assert onnx_export.gate_reasons(same) == []
+    assert same["top1_agreement"] == 1.0 and same["max_prob_diff"] == 0.0
+    shifted = reference.copy()
+    shifted[:, 0] += 0.06  # one condition moves by more than 0.05 everywhere
+    measured = onnx_export.compare(reference, np.clip(shifted, 0, 1), identity, half)
+    reasons = onnx_export.gate_reasons(measured)
+    assert any("calibrated-probability difference" in r for r in reasons)
+    assert any("flips" in r for r in reasons)  # values near 0.5 cross the threshold
+    assert any("top-1 agreement" in r for r in reasons)
