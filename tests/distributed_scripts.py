@@ -1,4 +1,4 @@
-"""Subprocess entry points for tests/learn/test_distributed.py (device set-up must precede TF start).
+"""Subprocess entry points for tests/learn/test_distributed.py (device set-up precedes TF start).
 
     python tests/distributed_scripts.py parity-train OUT_DIR
     python tests/distributed_scripts.py predict OUT_DIR
