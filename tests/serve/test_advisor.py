@@ -67,7 +67,9 @@ def config(fake) -> AdvisorConfig:
     return AdvisorConfig(
         base_url=fake.base_url,
         api_version=fake.api_version,
-        timeout_s=0.5,
+        # A local fake answers in milliseconds, but a busy machine can hold a thread for
+        # a second: 2 s before giving up, and stalls (below) 10x longer than that.
+        timeout_s=2.0,
         max_retries=2,
         backoff_initial_s=0.001,
         backoff_max_s=1.0,
@@ -362,7 +364,7 @@ def test_error_mid_stream_keeps_text_and_appends_notice(fake, config, captured, 
 
 
 def test_stalled_server_times_out(fake, config, captured):
-    fake.enqueue(stall(5))
+    fake.enqueue(stall(20))
     advice = stream_advice(make_prediction(), "en", api_key=KEY, config=config)
     run(advice)
     assert advice.source == "offline"
@@ -371,7 +373,7 @@ def test_stalled_server_times_out(fake, config, captured):
 
 
 def test_stall_mid_stream_is_partial(fake, config):
-    fake.enqueue(stall(5, chunks_before=["Started "]))
+    fake.enqueue(stall(20, chunks_before=["Started "]))
     advice = stream_advice(make_prediction(), "en", api_key=KEY, config=config)
     run(advice)
     assert advice.source == "partial" and advice.reason == Reason.INTERRUPTED
