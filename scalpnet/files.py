@@ -180,5 +180,16 @@ def disk_full_error(folder: Path, needed_bytes: int, kept: str) -> DiskFullError
     )
 
 
+@contextlib.contextmanager
+def disk_full_as_error(folder: Path, needed_bytes: int, kept: str) -> Iterator[None]:
+    """Turn a full disk inside the block into :func:`disk_full_error`'s one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise disk_full_error(folder, needed_bytes, kept) from None
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"

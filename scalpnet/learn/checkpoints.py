@@ -23,13 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from scalpnet.files import (
-    TEMP_PATTERN,
-    atomic_path,
-    disk_full,
-    disk_full_error,
-    write_json_atomic,
-)
+from scalpnet.errors import DiskFullError
+from scalpnet.files import TEMP_PATTERN, atomic_path, disk_full_as_error, write_json_atomic
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -84,16 +79,15 @@ def save(model: keras.Model, path: Path, meta: dict, kept: str) -> Checkpoint:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(path) as tmp:
-            model.save_weights(tmp)
-        full = {**meta, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
-        write_json_atomic(record_path(path), full)
-    except OSError as exc:
-        if not disk_full(exc):
-            raise
+        with disk_full_as_error(path.parent, variables_bytes(model), kept):
+            with atomic_path(path) as tmp:
+                model.save_weights(tmp)
+            full = {**meta, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+            write_json_atomic(record_path(path), full)
+    except DiskFullError:
         if not record_path(path).is_file():
             path.unlink(missing_ok=True)  # a file without a record is never used
-        raise disk_full_error(path.parent, variables_bytes(model), kept) from None
+        raise
     return Checkpoint(path, full)
 
 

@@ -28,13 +28,14 @@ import pandas as pd
 import tensorflow as tf
 
 from scalpnet.errors import RunFolderError
-from scalpnet.files import write_json_atomic, write_text_atomic
+from scalpnet.files import disk_full_as_error, write_json_atomic, write_text_atomic
 from scalpnet.learn import checkpoints, distributed
 from scalpnet.learn.checkpoints import Checkpoint, CheckpointSet
 from scalpnet.learn.config import Phase, TrainConfig, monitor_mode
 
 RESUME_DIR = ".resume"
 HISTORY = "history.csv"
+KEPT = f"the checkpoints in {RESUME_DIR} are kept"
 
 
 class RunState:
@@ -55,7 +56,8 @@ class RunState:
         return self.data
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        with disk_full_as_error(self.dir, 1 << 16, KEPT):
+            write_json_atomic(self.path, self.data)
 
     def backups(self, phase: Phase) -> CheckpointSet:
         return CheckpointSet(self.dir / f"backup_{phase.name}", "epoch")
@@ -131,7 +133,9 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
 def write_history(run_dir: Path, history: pd.DataFrame) -> None:
     """Replace ``history.csv`` atomically."""
-    write_text_atomic(Path(run_dir) / HISTORY, history.to_csv(index=False))
+    text = history.to_csv(index=False)
+    with disk_full_as_error(Path(run_dir), len(text), KEPT):
+        write_text_atomic(Path(run_dir) / HISTORY, text)
 
 
 def phase_rows(history: pd.DataFrame, start: int) -> pd.DataFrame:

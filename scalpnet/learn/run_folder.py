@@ -22,8 +22,8 @@ import tensorflow as tf
 from scalpnet import labels as labels_module
 from scalpnet.data import dataset as data_module
 from scalpnet.errors import RunFolderError
-from scalpnet.files import atomic_path, write_text_atomic
-from scalpnet.learn.checkpoints import sha256_of
+from scalpnet.files import atomic_path, disk_full_as_error, write_text_atomic
+from scalpnet.learn.checkpoints import sha256_of, variables_bytes
 from scalpnet.learn.config import (
     SCRATCH_BN_MOMENTUM,
     TrainConfig,
@@ -32,7 +32,7 @@ from scalpnet.learn.config import (
     pretrained,
 )
 from scalpnet.learn.model import save_model
-from scalpnet.learn.resume import RESUME_DIR, RunState, write_history
+from scalpnet.learn.resume import KEPT, RESUME_DIR, RunState, write_history
 
 CARD = "model_card.json"
 MODEL = "model.keras"
@@ -166,10 +166,11 @@ def write_finished(
 ) -> None:
     """Write the finished run folder's files, each atomically; the card last (its presence
     marks the folder complete, with ``model.keras``)."""
-    save_model(model, run_dir / MODEL)
-    write_history(run_dir, history)
-    plot_curves(history, run_dir / CURVES, best_epoch, monitor)
-    write_text_atomic(run_dir / CARD, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    with disk_full_as_error(run_dir, variables_bytes(model), KEPT):
+        save_model(model, run_dir / MODEL)
+        write_history(run_dir, history)
+        plot_curves(history, run_dir / CURVES, best_epoch, monitor)
+        write_text_atomic(run_dir / CARD, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
 def _now() -> str:

@@ -240,8 +240,8 @@ def test_mirrored_batchnorm_parity_after_reload(tmp_path):
     The control (BatchNorm not synchronised) shows the check can fail: its second
     replica's moving statistics drift from the first's and the saved copy disagrees.
     """
-    _run([str(SCRIPTS), "parity-train", str(tmp_path)], timeout=600)
-    _run([str(SCRIPTS), "predict", str(tmp_path)], timeout=600)
+    _run([str(SCRIPTS), "parity-train", str(tmp_path)], timeout=600, **REPEATABLE)
+    _run([str(SCRIPTS), "predict", str(tmp_path)], timeout=600, **REPEATABLE)
     inside = np.load(tmp_path / "scalpnet-inside.npy")  # (8, 10), rows 4-7 from replica 1
     reloaded = np.load(tmp_path / "scalpnet-reloaded.npy")
     assert inside.shape == reloaded.shape == (8, 10)
@@ -256,7 +256,8 @@ def test_mirrored_batchnorm_parity_after_reload(tmp_path):
 
 # --------------------------------------------------------------------------- custom loop
 def _tiny(cluster: Cluster, out: Path, epochs: int, crash_after: int, tag: str) -> None:
-    cluster.start([str(SCRIPTS), "tiny-worker", str(out), str(epochs), str(crash_after)], tag)
+    args = [str(SCRIPTS), "tiny-worker", str(out), str(epochs), str(crash_after)]
+    cluster.start(args, tag, env={0: REPEATABLE, 1: REPEATABLE})
 
 
 @pytest.mark.slow
