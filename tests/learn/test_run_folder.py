@@ -15,7 +15,7 @@ keras = pytest.importorskip("keras")
 
 from scalpnet.errors import RunFolderError  # noqa: E402
 from scalpnet.labels import CONDITIONS  # noqa: E402
-from scalpnet.learn import training  # noqa: E402
+from scalpnet.learn import run_folder, training  # noqa: E402
 from scalpnet.learn.config import TrainConfig  # noqa: E402
 from scalpnet.learn.model import load_model  # noqa: E402
 from scalpnet.learn.resume import RESUME_DIR  # noqa: E402
@@ -114,3 +114,22 @@ def test_a_folder_with_other_files_is_not_used(tmp_path):
     config = TrainConfig(out_dir=tmp_path, weights="none", verbose=0)
     with pytest.raises(RunFolderError, match="not a ScalpNet run"):
         training.train(config, tmp_path / "labels.csv")
+
+
+def test_an_unfinished_run_is_found_by_its_state_or_by_its_checkpoints(tmp_path):
+    from scalpnet.files import write_json_atomic
+    from scalpnet.learn.config import fingerprint
+    from scalpnet.learn.resume import RunState
+
+    runs, csv = tmp_path / "runs", tmp_path / "labels.csv"
+    config = TrainConfig(out_dir=runs / "a")
+    stamp = fingerprint(config, csv)
+    state = RunState(runs / "a")
+    state.data = {"fingerprint": stamp}
+    state.save()
+    assert run_folder.find_unfinished_run(runs, config, csv) == runs / "a"
+    state.path.unlink()  # lost: the checkpoints' records still tell
+    write_json_atomic(state.dir / "best-0001.json", {"fingerprint": stamp})
+    assert run_folder.find_unfinished_run(runs, config, csv) == runs / "a"
+    write_json_atomic(state.dir / "best-0001.json", {"fingerprint": "another-run"})
+    assert run_folder.find_unfinished_run(runs, config, csv) is None
