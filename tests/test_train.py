@@ -233,7 +233,8 @@ def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, d
     done = resume(killed_run, run)
     lines = [line for line in done.stdout.splitlines() if "epoch 2" in line]
     assert len(lines) == 1 and damage in lines[0] and "unusable" in lines[0], done.stdout
-    assert "falling back to the backup after epoch 1: 1 epoch(s) to run again" in done.stdout
+    # Epoch 2 runs again, and epoch 3, whose backup the kill cut short.
+    assert "falling back to the backup after epoch 1: 2 epoch(s) to run again" in done.stdout
     assert_finished(run, done)
 
 
@@ -263,7 +264,8 @@ def test_a_backup_of_another_image_size_is_refused(killed_run, tmp_path):
     series.save(other, 2, {**checkpoints.identity(other, "a-48-px-run", 48), "phase": "scratch"})
     done = resume(killed_run, run)
     assert "belongs to another image size (image_size 48, not 32)" in done.stdout
-    assert "falling back to the backup after epoch 1: 1 epoch(s) to run again" in done.stdout
+    # Epoch 2 runs again, and epoch 3, whose backup the kill cut short.
+    assert "falling back to the backup after epoch 1: 2 epoch(s) to run again" in done.stdout
     assert_finished(run, done)
 
 
