@@ -46,7 +46,9 @@ class RunState:
         self.dir = self.run_dir / RESUME_DIR
         self.path = self.dir / "state.json"
         self.data: dict[str, Any] = {}
-        self.bests = CheckpointSet(self.dir, "best")
+        # Bests are saved before the backup of their epoch: three cover a fall-back to the
+        # previous backup even when the epoch being backed up set a record.
+        self.bests = CheckpointSet(self.dir, "best", keep=3)
 
     def exists(self) -> bool:
         return self.path.is_file()
