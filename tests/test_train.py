@@ -149,6 +149,10 @@ def test_killed_in_either_phase_the_same_command_resumes_and_finishes(tmp_path):
 
 
 # --------------------------------------------------------------------------- faults
+# pytest's per-test limit (900 s) also counts the fixture's killed run, paid by the first
+# test that uses it: these tests get twice that on a busy machine (hangs are bounded by
+# TIMEOUT per subprocess anyway).
+FAULT_LIMIT = pytest.mark.timeout(1800)
 # A tiny run (32 px, 60 training images, 3 epochs of 4 steps) killed while it writes the
 # backup after its last epoch; each test below resumes a copy (hard links: nothing here
 # changes a file in place) after damaging it in its own way.
@@ -212,6 +216,7 @@ def assert_finished(run: Path, done: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.slow
+@FAULT_LIMIT
 def test_killed_while_writing_a_backup_resumes_from_the_last_complete_one(killed_run, tmp_path):
     run = copy_run(killed_run, tmp_path)
     names = [p.name for p in backups(run).iterdir()]
@@ -223,6 +228,7 @@ def test_killed_while_writing_a_backup_resumes_from_the_last_complete_one(killed
 
 
 @pytest.mark.slow
+@FAULT_LIMIT
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, damage):
     run = copy_run(killed_run, tmp_path)
@@ -239,6 +245,7 @@ def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, d
 
 
 @pytest.mark.slow
+@FAULT_LIMIT
 def test_a_missing_state_json_is_rebuilt_from_the_checkpoints(killed_run, tmp_path):
     run = copy_run(killed_run, tmp_path)
     (run / RESUME_DIR / "state.json").unlink()
@@ -249,6 +256,7 @@ def test_a_missing_state_json_is_rebuilt_from_the_checkpoints(killed_run, tmp_pa
 
 
 @pytest.mark.slow
+@FAULT_LIMIT
 def test_a_backup_of_another_image_size_is_refused(killed_run, tmp_path):
     """The backup after epoch 2 is replaced by one a 48-px run of the same model wrote
     (ResNet50's weights have the same shapes at any size: only the record tells)."""
@@ -270,6 +278,7 @@ def test_a_backup_of_another_image_size_is_refused(killed_run, tmp_path):
 
 
 @pytest.mark.slow
+@FAULT_LIMIT
 def test_a_full_disk_is_one_clear_message_and_the_last_checkpoint_stays_usable(
     killed_run, tmp_path
 ):

@@ -462,6 +462,7 @@ def test_the_parity_check_catches_another_batch_composition(mirrored_run, raw_da
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two starts of two workers; bounded per wait below
 def test_train_py_multiworker_killed_during_a_backup_write_resumes_together(
     raw_data, cluster, tmp_path
 ):
