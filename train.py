@@ -260,7 +260,7 @@ def prepare(data: Path, out: Path, image_size: int, split: str, seed: int, worke
 
 def train_config(args: argparse.Namespace, image_size: int, out: Path):
     """Flags -> TrainConfig (out is filled in later when resuming)."""
-    from scalpnet.learn.training import TrainConfig
+    from scalpnet.learn.config import TrainConfig
 
     weights = args.weights or ("none" if args.demo else "imagenet")
     epochs = args.epochs or (DEMO_EPOCHS if args.demo else (5, 30))
@@ -293,7 +293,7 @@ def train_config(args: argparse.Namespace, image_size: int, out: Path):
 
 def choose_run_folder(args: argparse.Namespace, config, csv_path: Path) -> Path:
     """--out, else the unfinished run of the same command, else a new timestamped folder."""
-    from scalpnet.learn.training import find_unfinished_run
+    from scalpnet.learn.run_folder import find_unfinished_run
 
     if args.out is not None:
         return args.out
@@ -366,13 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         from dataclasses import replace
 
-        from scalpnet.learn import training
+        from scalpnet.learn import run_folder, training
 
         config = train_config(args, image_size, RUNS / "pending")
         config = replace(config, out_dir=choose_run_folder(args, config, csv_path))
         print(f"training into {config.out_dir}", flush=True)
         result = training.train(config, csv_path)
-        print(training.summary(result), flush=True)
+        print(run_folder.summary(result), flush=True)
         if result.chief:  # a multi-worker run's other workers leave the run folder alone
             after_training(result.run_dir, args)
     except ScalpNetError as exc:

@@ -59,15 +59,16 @@ class _Row:
         import keras
         import tensorflow as tf
 
+        from scalpnet.learn import config as config_module
         from scalpnet.learn import distributed, training
         from scalpnet.learn.model import build_model
 
         self.steps, self.batch, self.loop = args.steps, batch, loop
         keras.utils.set_random_seed(0)
-        config = training.TrainConfig(
+        config = config_module.TrainConfig(
             image_size=args.image_size, weights="none", precision=precision, jit=jit, verbose=0
         )
-        phase = training.plan_phases(config)[0]
+        phase = config_module.plan_phases(config)[0]
         with strategy.scope() if strategy is not None else _null():
             model = build_model(args.image_size, weights=None, dropout=0.0, dtype_policy=precision)
             training.compile_for_phase(model, phase, config, args.steps * (args.repeats + 2))

@@ -56,3 +56,7 @@ class ConfigError(ScalpNetError):
 
 class RunFolderError(ScalpNetError):
     """A run folder holds something other than the run being started or resumed."""
+
+
+class DiskFullError(ScalpNetError):
+    """A save failed because the disk (or quota) is full; the last good file is kept."""

@@ -2,28 +2,101 @@
 
 Every write goes to a temporary file in the destination's folder (same file system), is
 flushed (and fsync'ed when ``durable``), then renamed over the destination with
-``os.replace``. Until the rename, the previous file stays whole. The temporary name is
-``<name>.<pid>-<thread id>.tmp`` (see :data:`TEMP_PATTERN`), so leftovers of a killed
-writer can be recognised and removed.
+``os.replace`` (and the folder fsync'ed). Until the rename, the previous file stays
+whole. The temporary name is ``<name>.<pid>-<thread id>.tmp`` plus, for writers that
+insist on a suffix (Keras's ``save_weights`` wants ``.weights.h5``), the destination's
+suffixes (see :data:`TEMP_PATTERN`), so leftovers of a killed writer can be recognised.
+
+Tests inject faults through the ``SCALPNET_FAULT`` environment variable (see
+:func:`_fault`): a write that pauses before its rename (to be killed there) or fails
+with ENOSPC.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import shutil
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from scalpnet.errors import DatasetError
+from scalpnet.errors import DatasetError, DiskFullError
 
 # Matches the temporary files this module makes (for cleaning up after a killed writer).
-TEMP_PATTERN = re.compile(r".+\.\d+-\d+\.tmp")
+TEMP_PATTERN = re.compile(r".+\.\d+-\d+\.tmp(\.[^.]+)*")
+FAULT_ENV = "SCALPNET_FAULT"
+_fault_counts: dict[str, int] = {}
 
 
-def temp_path(path: Path) -> Path:
-    """The temporary name :func:`write_bytes_atomic` uses for ``path`` in this thread."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+def temp_path(path: Path, keep_suffix: bool = False) -> Path:
+    """The temporary name the atomic writers use for ``path`` in this thread."""
+    suffix = "".join(path.suffixes) if keep_suffix else ""
+    return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp{suffix}")
+
+
+def _fault(path: Path, tmp: Path) -> None:
+    """Test hook, before the rename: ``SCALPNET_FAULT=ACTION:NAME:N`` acts on the N-th
+    atomic write (in this process) of a file whose name contains NAME.
+
+    ACTION ``pause``: print ``fault: paused <path>`` on stderr and sleep (to be killed);
+    ``enospc``: raise ``OSError(ENOSPC)`` as a full disk would.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    action, name, nth = spec.split(":")
+    if name not in path.name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] != int(nth):
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    if action == "pause":
+        print(f"fault: paused {path}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (not possible on every platform)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """For writers that take a file name: yield a temporary path beside ``path`` (same
+    suffixes); when the block ends, fsync it and rename it over ``path``.
+
+    ``with atomic_path(p) as tmp: model.save_weights(tmp)``. If the block raises (or the
+    process dies), ``path`` keeps its previous content and the temporary is removed (a
+    killed process leaves it, matching :data:`TEMP_PATTERN`).
+    """
+    path = Path(path)
+    tmp = temp_path(path, keep_suffix=True)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _fault(path, tmp)
+        os.replace(tmp, path)
+        if durable:
+            _fsync_folder(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
@@ -45,10 +118,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = 
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+        _fault(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_folder(path.parent)
     return path
 
 
@@ -73,3 +149,47 @@ def make_folder(folder: Path) -> None:
         raise DatasetError(
             f"cannot create the output folder '{folder}': {exc.strerror or exc}"
         ) from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for the OSError of a full disk or an exhausted quota (h5py's OSError carries
+    no errno, only HDF5's message with "errno = 28")."""
+    if not isinstance(exc, OSError):
+        return False
+    text = str(exc)
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        "No space left" in text or "errno = 28" in text or "Disk quota" in text
+    )
+
+
+def disk_full_error(folder: Path, needed_bytes: int, kept: str) -> DiskFullError:
+    """The one-line error for a save that found the disk full.
+
+    Args:
+        folder: where the save went.
+        needed_bytes: about how much the file takes.
+        kept: what is still usable, e.g. "the backup after epoch 3 is kept".
+    """
+    try:
+        free = f"{_mb(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"the disk is full: saving in '{folder}' needs about {_mb(needed_bytes)} ({free}); "
+        f"{kept}. Free some space and run the same command again to resume"
+    )
+
+
+@contextlib.contextmanager
+def disk_full_as_error(folder: Path, needed_bytes: int, kept: str) -> Iterator[None]:
+    """Turn a full disk inside the block into :func:`disk_full_error`'s one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise disk_full_error(folder, needed_bytes, kept) from None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"

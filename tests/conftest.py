@@ -39,7 +39,8 @@ TINY_RUN = {
 def train_tiny_run(root: Path) -> Path:
     """synthetic.write_dataset -> prepare -> train into ``root/run``; returns the run folder."""
     from scalpnet.data import prepare, synthetic
-    from scalpnet.learn.training import TrainConfig, train
+    from scalpnet.learn.config import TrainConfig
+    from scalpnet.learn.training import train
 
     synthetic.write_dataset(root / "synthetic", per_class=TINY_RUN["per_class"], seed=0)
     prepared = prepare.prepare_dataset(

@@ -1,4 +1,4 @@
-"""Subprocess entry points for tests/learn/test_distributed.py (device set-up must precede TF start).
+"""Subprocess entry points for tests/learn/test_distributed.py (device set-up precedes TF start).
 
     python tests/distributed_scripts.py parity-train OUT_DIR
     python tests/distributed_scripts.py predict OUT_DIR
@@ -54,6 +54,7 @@ def parity_train(out: Path) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from scalpnet.learn import config as config_module
     from scalpnet.learn import model as model_module
     from scalpnet.learn import training
 
@@ -67,8 +68,8 @@ def parity_train(out: Path) -> None:
     probe = rng.integers(0, 256, (PARITY_BATCH, PARITY_SIZE, PARITY_SIZE, 3), dtype=np.uint8)
     np.save(out / "probe.npy", probe)
 
-    config = training.TrainConfig(image_size=PARITY_SIZE, weights="none", verbose=0)
-    phase = training.plan_phases(config)[0]  # the whole network, BatchNorm training
+    config = config_module.TrainConfig(image_size=PARITY_SIZE, weights="none", verbose=0)
+    phase = config_module.plan_phases(config)[0]  # the whole network, BatchNorm training
     with strategy.scope():
         scalpnet_model = model_module.build_model(PARITY_SIZE, weights=None, dropout=0.0)
         control = _tiny_model(keras, PARITY_SIZE)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ScalpNetError
+from scalpnet.files import atomic_path
 
 OOD_FILE = "ood.npz"
 METRICS_FILE = "metrics.json"
@@ -88,20 +88,14 @@ class OODModel:
         """Write an ``.npz`` (atomically: a crash leaves any previous file intact)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    means=self.means,
-                    whitener=self.whitener,
-                    classes=self.classes,
-                    threshold=np.float64(self.threshold),
-                )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                means=self.means,
+                whitener=self.whitener,
+                classes=self.classes,
+                threshold=np.float64(self.threshold),
+            )
         return path
 
     @classmethod

@@ -6,12 +6,11 @@ rendered by the Agg canvas), so no pyplot global state and no display are involv
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from scalpnet.files import atomic_path, write_text_atomic
 from scalpnet.judge.metrics import expected_calibration_error, reliability_bins
 from scalpnet.labels import ENGLISH_NAMES, KEYS, NUM_CLASSES
 
@@ -50,14 +49,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> Path:
     """Write a PNG atomically."""
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -452,12 +445,5 @@ def render_report(metrics: dict, files: dict[str, Path]) -> str:
 def write_report(path: Path, metrics: dict, files: dict[str, Path]) -> Path:
     """Write report.md atomically; returns its path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".md", prefix=f".{path.stem}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_report(metrics, files))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, render_report(metrics, files))
     return path

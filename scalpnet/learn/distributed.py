@@ -275,14 +275,13 @@ def _worker_position(strategy: tf.distribute.Strategy | None) -> tuple[int, int]
     return (0 if task_type == "chief" else chiefs + index), n_workers
 
 
-def check_agreement(strategy: tf.distribute.Strategy, what: str, value: int) -> None:
-    """Raise RunFolderError on every worker unless all workers hold the same ``value``.
+def gather(strategy: tf.distribute.Strategy | None, value: int) -> list[int]:
+    """Every worker's ``value``, in worker order (chief first); ``[value]`` in one process.
 
-    A collective: every worker must call it at the same point. Used where workers that
-    resumed from different checkpoints would otherwise wait for each other forever.
+    A collective: every worker must call it at the same point.
     """
     if not is_multiworker(strategy):
-        return  # one process cannot disagree with itself
+        return [int(value)]
     position, n_workers = _worker_position(strategy)
     local = tf.one_hot(position, n_workers, dtype=tf.float64) * float(value)
     # Each of this worker's replicas adds its share; the sum over all replicas puts
@@ -290,12 +289,21 @@ def check_agreement(strategy: tf.distribute.Strategy, what: str, value: int) -> 
     share = local * (n_workers / strategy.num_replicas_in_sync)
 
     @tf.function
-    def gather():
+    def collect():
         return strategy.reduce(
             tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(share)), axis=None
         )
 
-    values = [round(float(v)) for v in gather().numpy()]
+    return [round(float(v)) for v in collect().numpy()]
+
+
+def check_agreement(strategy: tf.distribute.Strategy, what: str, value: int) -> None:
+    """Raise RunFolderError on every worker unless all workers hold the same ``value``.
+
+    A collective (see :func:`gather`). Used where workers that resumed from different
+    checkpoints would otherwise wait for each other forever.
+    """
+    values = gather(strategy, value)
     if len(set(values)) > 1:
         raise RunFolderError(
             f"the workers disagree on {what} (values by worker: {values}): they resumed "

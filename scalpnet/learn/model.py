@@ -8,12 +8,12 @@ first layer inside it. Output: (batch, 10) sigmoid probabilities in label order.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import keras
 
 from scalpnet.errors import ModelNotFoundError, WeightsUnavailableError
+from scalpnet.files import atomic_path
 from scalpnet.labels import NUM_CLASSES
 from scalpnet.learn.layers import ResNetPreprocess
 
@@ -124,22 +124,9 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     # A fresh, uncompiled twin carries the architecture and weights but no optimizer.
     twin = keras.Model.from_config(model.get_config())
     twin.set_weights(model.get_weights())
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         twin.save(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:

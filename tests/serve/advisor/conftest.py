@@ -28,7 +28,9 @@ def config(fake) -> AdvisorConfig:
     return AdvisorConfig(
         base_url=fake.base_url,
         api_version=fake.api_version,
-        timeout_s=0.5,
+        # A local fake answers in milliseconds, but a busy machine can hold a thread for
+        # a second: 2 s before giving up, and stalls (in test_gemini) 10x longer than that.
+        timeout_s=2.0,
         max_retries=2,
         backoff_initial_s=0.001,
         backoff_max_s=1.0,

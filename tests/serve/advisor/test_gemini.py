@@ -171,7 +171,7 @@ def test_error_mid_stream_keeps_text_and_appends_notice(fake, config, captured, 
 
 
 def test_stalled_server_times_out(fake, config, captured):
-    fake.enqueue(stall(5))
+    fake.enqueue(stall(20))
     advice = stream_advice(make_prediction(), "en", api_key=KEY, config=config)
     run(advice)
     assert advice.source == "offline"
@@ -180,7 +180,7 @@ def test_stalled_server_times_out(fake, config, captured):
 
 
 def test_stall_mid_stream_is_partial(fake, config):
-    fake.enqueue(stall(5, chunks_before=["Started "]))
+    fake.enqueue(stall(20, chunks_before=["Started "]))
     advice = stream_advice(make_prediction(), "en", api_key=KEY, config=config)
     run(advice)
     assert advice.source == "partial" and advice.reason == Reason.INTERRUPTED
