@@ -135,9 +135,7 @@ class EvaluationResult:
         lines.append(f"{'macro ROC AUC':<{width}}{f3(at5['macro']['roc_auc']):>10}")
         lines.append(f"{'metric':<{width}}{'before':>10}{'after':>10}")
         for label, key in (("ECE (calibration)", "ece"), ("Brier score", "brier")):
-            lines.append(
-                f"{label:<{width}}{f3(cal['before'][key]):>10}{f3(cal['after'][key]):>10}"
-            )
+            lines.append(f"{label:<{width}}{f3(cal['before'][key]):>10}{f3(cal['after'][key]):>10}")
         if "report" in self.files:
             lines.append(f"report: {self.files['report']}")
         return "\n".join(lines)
@@ -264,26 +262,19 @@ def predict_split(model, csv: Path, split: str, image_size: int, batch_size: int
     Raises:
         DatasetError: from ``dataset.make_dataset`` (missing CSV or images, empty split).
     """
-    from tqdm import tqdm
-
     from scalpnet.data import dataset
+    from scalpnet.progress import Progress
 
     ds = dataset.make_dataset(
         csv, split, image_size=image_size, batch_size=batch_size, training=False
     )
     steps = int(ds.cardinality())
     labels, probs = [], []
-    bar = tqdm(
-        ds,
-        total=steps if steps >= 0 else None,
-        desc=f"predict {split}",
-        disable=not progress,
-        file=sys.stderr,
-        leave=False,
-    )
-    for x, y in bar:
-        probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))  # (B, 10)
-        labels.append(np.asarray(y, dtype=np.float32))  # (B, 10)
+    with Progress(f"evaluate: predict {split}", max(steps, 0), unit="batch", show=progress) as bar:
+        for x, y in ds:
+            probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))  # (B, 10)
+            labels.append(np.asarray(y, dtype=np.float32))  # (B, 10)
+            bar.update()
     return np.concatenate(labels), np.concatenate(probs)
 
 

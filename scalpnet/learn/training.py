@@ -48,6 +48,7 @@ from scalpnet import labels as labels_module
 from scalpnet.data import dataset as data_module
 from scalpnet.errors import ConfigError, RunFolderError
 from scalpnet.learn import distributed
+from scalpnet.learn.epoch_progress import EpochProgress
 from scalpnet.learn.model import backbone_layers, build_model, save_model
 
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
@@ -423,8 +424,10 @@ def make_callbacks(
     history = read_history(run_dir)
     _, phase_best, wait, best_epoch = _phase_progress(history, start, config)
     mode = monitor_mode(config.monitor)
+    say = None if config.verbose == 0 else print
     return [
         _LearningRateLogger(),
+        EpochProgress(phase.name, show=config.verbose == 2, say=say),
         keras.callbacks.ModelCheckpoint(
             state.best_weights,
             monitor=config.monitor,
