@@ -15,11 +15,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from scalpnet.files import write_json_atomic
 from scalpnet.progress import PROGRESS_FILE_ENV, read_status
 
 BUILD_DIR = ".demo-build"
@@ -116,9 +118,16 @@ class DemoBuild:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C of the app does not kill it half-way
             )
-        self._child = child
         info = {"pid": child.pid, "started": time.time(), "returncode": None}
-        self.info_file.write_text(json.dumps(info), encoding="utf-8")
+        self._write_info(info)
+        # Reaps the child and records how it ended, whichever page or session asks later.
+        threading.Thread(target=self._wait, args=(child, info), daemon=True).start()
+
+    def _wait(self, child: subprocess.Popen, info: dict) -> None:
+        self._write_info({**info, "returncode": child.wait()})
+
+    def _write_info(self, info: dict) -> None:
+        write_json_atomic(self.info_file, info)
 
     def state(self) -> BuildState:
         """Where the build is (call :meth:`start` first)."""
@@ -162,13 +171,6 @@ class DemoBuild:
 
     def _returncode(self, info: dict) -> int | None:
         """The child's exit code once it has ended; None while it runs (or never ran)."""
-        child = getattr(self, "_child", None)
-        if child is not None and child.pid == info.get("pid"):
-            code = child.poll()
-            if code is not None and info.get("returncode") is None:
-                info["returncode"] = code
-                self.info_file.write_text(json.dumps(info), encoding="utf-8")
-            return code
         if info.get("returncode") is not None:
             return int(info["returncode"])
         if info.get("pid") and not _alive(int(info["pid"])):
