@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_app import upload_to_bars, wait_healthy  # noqa: E402
 from scalpnet.app.text import text  # noqa: E402
 from scalpnet.progress import read_status  # noqa: E402
 
@@ -82,18 +82,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def wait_healthy(url: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("streamlit did not answer")
 
 
 def photo(folder: Path) -> Path:
@@ -145,10 +133,7 @@ def in_browser(url: str, clone_dir: Path, t0: float, build: bool) -> dict[str, f
                 page.get_by_role("button", name=EN["build_demo_button"]).click()
                 page.get_by_text(EN["title"]).first.wait_for(timeout=TIMEOUT_MS)
                 times["model loaded"] = time.monotonic() - t0
-            upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
-            upload.set_input_files(str(photo(clone_dir)))
-            chart = page.locator('[data-testid="stVegaLiteChart"]')
-            chart.locator("canvas, svg").first.wait_for(timeout=TIMEOUT_MS)
+            upload_to_bars(page, photo(clone_dir))
             times["first prediction"] = time.monotonic() - t0
         finally:
             done.set()
@@ -180,7 +165,7 @@ def run_new(seed: int | None) -> dict:
         t0 = time.monotonic()
         app = start_streamlit(clone_dir, app_env(seed), port)
         try:
-            wait_healthy(f"http://127.0.0.1:{port}")
+            wait_healthy(f"http://127.0.0.1:{port}", app)
             times = in_browser(f"http://127.0.0.1:{port}", clone_dir, t0, build=True)
         finally:
             stop(app)
@@ -203,7 +188,7 @@ def run_previous() -> dict:
         port = free_port()
         app = start_streamlit(clone_dir, env, port)
         try:
-            wait_healthy(f"http://127.0.0.1:{port}")
+            wait_healthy(f"http://127.0.0.1:{port}", app)
             times = in_browser(f"http://127.0.0.1:{port}", clone_dir, t0, build=False)
         finally:
             stop(app)

@@ -19,6 +19,7 @@ STAGES = {
     "scalpnet.labels": 0,
     "scalpnet.errors": 0,
     "scalpnet.files": 0,
+    "scalpnet.progress": 0,
     "scalpnet.data": 1,
     "scalpnet.learn": 2,
     "scalpnet.judge": 3,
