@@ -15,6 +15,7 @@ process, the app building the demo model, can draw its own bar: see :func:`read_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -69,6 +70,9 @@ class Progress:
 
         self.step, self.total, self.done = step, int(total), 0
         self.start = time.monotonic()
+        # (time, units done) at the first update: the pace is measured from there, so a
+        # slow first unit (TensorFlow tracing, a cache filling) does not inflate the estimate.
+        self._first: tuple[float, int] | None = None
         self._last_write = float("-inf")
         name = status_file if status_file is not None else os.environ.get(PROGRESS_FILE_ENV)
         self.status_file = Path(name) if name else None
@@ -86,18 +90,26 @@ class Progress:
     def update(self, n: int = 1) -> None:
         """``n`` more units done."""
         self.done += n
+        if self._first is None:
+            self._first = (time.monotonic(), self.done)
         self._bar.update(n)
         self._write()
 
     def status(self) -> dict[str, Any]:
         """The JSON state: step, done, total, elapsed_s, left_s (None until known), time."""
-        elapsed = time.monotonic() - self.start
+        now = time.monotonic()
+        elapsed, left = now - self.start, None
+        if self.done >= self.total > 0:
+            left = 0.0
+        elif self._first is not None:
+            since, done_then = self._first
+            left = time_left(self.done - done_then, self.total - done_then, now - since)
         return {
             "step": self.step,
             "done": self.done,
             "total": self.total,
             "elapsed_s": round(elapsed, 2),
-            "left_s": _rounded(time_left(self.done, self.total, elapsed)),
+            "left_s": _rounded(left),
             "time": time.time(),
         }
 
@@ -118,10 +130,8 @@ class Progress:
         if not force and now - self._last_write < MIN_INTERVAL_S:
             return
         self._last_write = now
-        try:
+        with contextlib.suppress(OSError):  # a watcher's file never fails the work
             write_text_atomic(self.status_file, json.dumps(self.status()) + "\n", durable=False)
-        except OSError:
-            pass  # a watcher's file is never worth failing the work for
 
 
 def _rounded(value: float | None) -> float | None:

@@ -32,7 +32,8 @@ def test_progress_writes_its_status_where_the_environment_says(tmp_path, monkeyp
     monkeypatch.setattr(progress, "MIN_INTERVAL_S", 0.0)
     with Progress("prepare", total=4, unit="img", show=False) as bar:
         assert read_status(status_file)["done"] == 0  # written at once
-        bar.update(3)
+        bar.update()
+        bar.update(2)
         status = read_status(status_file)
         assert (status["step"], status["done"], status["total"]) == ("prepare", 3, 4)
         assert status["left_s"] is not None and status["left_s"] >= 0
@@ -55,6 +56,25 @@ def test_writes_are_throttled_but_close_always_writes(tmp_path, monkeypatch):
     assert len(writes) <= 2 + elapsed / progress.MIN_INTERVAL_S
     bar.close()
     assert json.loads(status_file.read_text())["done"] == 1000
+
+
+def test_time_left_leaves_out_the_slow_first_unit(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = Progress("training", total=11, show=False, status_file=tmp_path / "p.json")
+    clock[0] += 60.0  # the first batch: tracing, the cache filling
+    bar.update()
+    assert bar.status()["left_s"] is None  # no pace yet
+    for _ in range(5):
+        clock[0] += 1.0
+        bar.update()
+    status = bar.status()
+    assert status["left_s"] == pytest.approx(5.0)  # 5 left at 1 s each, not at 11 s each
+    assert status["elapsed_s"] == pytest.approx(65.0)
+    for _ in range(5):
+        bar.update()
+    assert bar.status()["left_s"] == 0.0
+    bar.close()
 
 
 def test_no_status_file_without_the_setting(tmp_path, monkeypatch):
