@@ -4,6 +4,7 @@ the app's first page, and to the first prediction from the demo model the app bu
     python benchmarks/bench_first_run.py                 # this recipe, then the previous one
     python benchmarks/bench_first_run.py --no-baseline   # this recipe only
     python benchmarks/bench_first_run.py --seeds 0 1 2   # the demo recipe with three seeds
+    python benchmarks/bench_first_run.py --drawing       # CPU per synthetic image, old vs new
 
 Each measurement starts from a clean ``git clone`` of this repository's HEAD in a
 temporary folder, with the virtual environment already built (this Python), and runs
@@ -198,6 +199,22 @@ def run_previous() -> dict:
         }
 
 
+def drawing_cost(n: int = 100) -> None:
+    """CPU ms per synthetic JPEG (drawn, encoded, written) at the old and the demo sides."""
+    import train
+    from scalpnet.data import synthetic
+
+    seqs = np.random.SeedSequence(0).spawn(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sides in (("previous", synthetic.SIDE_RANGE), ("demo", train.DEMO_SIDES)):
+            cpu, wall = time.process_time(), time.perf_counter()
+            for i, seq in enumerate(seqs):
+                synthetic._write_one(Path(tmp) / f"{i}.jpg", i % 10, seq, sides)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            print(f"{name:<9} sides {sides}: {1000 * cpu / n:6.1f} ms CPU per image, "
+                  f"{1000 * wall / n:6.1f} ms wall (one thread)")  # fmt: skip
+
+
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -206,8 +223,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[None])
     parser.add_argument("--no-baseline", action="store_true", help="skip the previous recipe")
+    parser.add_argument("--drawing", action="store_true", help="only the synthetic drawing cost")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; load average before: {load()}", flush=True)
+    if args.drawing:
+        drawing_cost()
+        print(f"load average after: {load()}")
+        return 0
     results = []
     for seed in args.seeds:
         name = "this recipe" + ("" if seed is None else f", seed {seed}")
