@@ -252,7 +252,7 @@ def main() -> int:
     for seed in args.seeds:
         name = "this recipe" + ("" if seed is None else f", seed {seed}")
         results.append((name, run_new(seed, args.first_page_only)))
-        print(f"{name}: {results[-1]} (load {load()})", flush=True)
+        print(f"{name}: {results[-1][1]} (load {load()})", flush=True)
     if not args.no_baseline:
         results.append(("previous recipe", run_previous()))
         print(f"previous recipe: {results[-1][1]} (load {load()})", flush=True)
