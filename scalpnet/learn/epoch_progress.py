@@ -31,11 +31,20 @@ class EpochProgress(keras.callbacks.Callback):
         self._bar: Progress | None = None
         self._first_epoch: int | None = None
         self._started = 0.0
+        # An epoch's line waits for the next epoch (or the end): Keras's own progress bar,
+        # the last callback, finishes its line after every other callback's epoch end.
+        self._pending: str | None = None
+
+    def _say_pending(self) -> None:
+        if self._pending is not None and self.say is not None:
+            self.say(self._pending)
+        self._pending = None
 
     def _step(self, epoch: int) -> str:
         return f"{self.label}: epoch {epoch + 1}/{self.params.get('epochs')}"
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._say_pending()
         steps = self.params.get("steps") or 0
         if self._bar is None:  # the first epoch of this fit (a resumed fit starts later)
             self._first_epoch, self._started = epoch, time.monotonic()
@@ -57,12 +66,13 @@ class EpochProgress(keras.callbacks.Callback):
         done = epoch + 1 - self._first_epoch
         pace = (time.monotonic() - self._started) / done
         left = (self.params.get("epochs", epoch + 1) - epoch - 1) * pace
-        self.say(
+        self._pending = (
             f"{self._step(epoch)} done, {format_seconds(pace)} an epoch; "
             f"about {format_seconds(left)} of {self.label} left"
         )
 
     def on_train_end(self, logs=None):
+        self._say_pending()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

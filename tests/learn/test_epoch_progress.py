@@ -52,3 +52,15 @@ def test_a_resumed_fit_counts_only_the_epochs_it_runs(tmp_path, monkeypatch):
 def test_silent_when_asked(tmp_path, monkeypatch):
     monkeypatch.delenv(progress.PROGRESS_FILE_ENV, raising=False)
     _fit(EpochProgress(say=None), epochs=1)  # no output, no file, no error
+
+
+def test_each_line_starts_on_a_line_of_its_own_after_keras_bar(capsys, monkeypatch):
+    monkeypatch.delenv(progress.PROGRESS_FILE_ENV, raising=False)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((20, 4), "float32"), np.ones((20, 1), "float32")
+    model.fit(x, y, batch_size=10, epochs=2, verbose=1, callbacks=[EpochProgress()])
+    out = capsys.readouterr().out
+    for epoch in (1, 2):
+        assert f"\ntraining: epoch {epoch}/2 done" in out, out
