@@ -15,10 +15,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from scalpnet.app import demo_build
 from scalpnet.app import state as app_state
 from scalpnet.app.text import LANGUAGE_NAMES, image_problem, text
 from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
+from scalpnet.progress import format_seconds
 from scalpnet.quiet import quiet_tensorflow
 
 APP_DIR = Path(__file__).resolve().parent
@@ -135,7 +137,58 @@ def show_disclaimer(t) -> None:
 # --------------------------------------------------------------------------- pages
 def no_model_page(settings: app_state.Settings, t) -> None:
     st.title(t["no_model_title"])
+    if demo_build.may_build(os.environ, APP_DIR):
+        build = demo_build.DemoBuild(APP_DIR, settings.runs_dir)
+        st.markdown(t["build_demo_intro"])
+        if st.button(t["build_demo_button"], type="primary"):
+            build.start()
+            st.rerun()
+    else:
+        st.info(t["build_demo_cloud"])
     st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
+
+
+@st.fragment(run_every=1.0)
+def demo_build_progress(build: demo_build.DemoBuild, t) -> None:
+    """The running build's progress bar; the whole page reruns (and loads it) when done."""
+    state = build.state()
+    if state.phase != "running":
+        st.rerun(scope="app")
+    st.progress(
+        state.fraction,
+        text=t["build_demo_running"].format(
+            index=state.step_index or "?", steps=len(demo_build.STEPS), step=state.step or "…"
+        ),
+    )
+    st.caption(
+        t["build_demo_left"].format(
+            percent=round(100 * state.fraction),
+            left=format_seconds(state.left_s),
+            elapsed=format_seconds(state.elapsed_s),
+        )
+    )
+
+
+def demo_build_page(build: demo_build.DemoBuild, settings: app_state.Settings, t) -> bool:
+    """Show a build that is running or has failed; False when there is none to show."""
+    if not build.info_file.is_file():
+        return False
+    state = build.state()
+    if state.phase == "done" or (
+        state.phase == "failed" and app_state.newest_complete_run(settings.runs_dir) is not None
+    ):
+        return False  # a failed build shows only while there is no model at all
+    st.title(t["no_model_title"])
+    if state.phase == "running":
+        demo_build_progress(build, t)
+    else:
+        st.error(t["build_demo_failed"])
+        st.code(state.log_tail or "-")
+        if st.button(t["build_demo_retry"], type="primary"):
+            build.start()
+            st.rerun()
+        st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
+    return True
 
 
 def model_error_page(error: ScalpNetError, settings: app_state.Settings, t) -> None:
@@ -320,6 +373,12 @@ def main() -> None:
     settings, secrets_error = read_settings()
     if secrets_error:
         st.sidebar.warning(t["secrets_warning"].format(reason=secrets_error))
+    build = demo_build.DemoBuild(APP_DIR, settings.runs_dir)
+    # A build in progress finishes (evaluation, OOD fit) before its model is loaded.
+    may_build = demo_build.may_build(os.environ, APP_DIR)
+    if may_build and not (settings.run or settings.model_url) and demo_build_page(build, settings, t):
+        show_disclaimer(t)
+        return
     try:
         source = app_state.find_model_source(settings)
         if source is None:

@@ -19,19 +19,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scalpnet.errors import ScalpNetError
-from scalpnet.labels import NUM_CLASSES
 from scalpnet.quiet import quiet_tensorflow
 
 RUNS = Path("runs")
 DATA = Path("data")
 DEFAULT_SIZE = 256
-# --demo, measured on the 2-core VM (README, "Demo model"): more images for fewer epochs
-# learn more per minute (480 training images per class, 4 epochs: test top-1 0.69;
-# 160 per class, 10 epochs, the same number of steps: 0.62).
+# The --demo recipe (README, "Demo model"; the model card records it). Measured on the
+# 2-core VM: 480 training images per class for 4-5 epochs at 64 px reach test top-1
+# 0.60-0.73 depending on the seed; 640 per class for 2 epochs at 48 px (learning rate
+# 2e-3) only 0.45 on validation. The images are drawn at a few times the model's input:
+# a tenth of the drawing time of Kaggle-sized ones (synthetic.write_dataset, sides).
 DEMO_PER_CLASS = 600
+DEMO_SIDES = (160, 240)  # synthetic.write_dataset(sides=...): the drawn photos' longer side
 DEMO_SIZE = 64
 DEMO_EPOCHS = (0, 5)
 DEMO_BATCH = 32
+DEMO_LR = 1e-3
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -68,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"make a synthetic dataset in data/synthetic ({DEMO_PER_CLASS} images per "
         f"condition), prepare it at {DEMO_SIZE} px and train a small demo model from scratch; "
         "everything it writes is marked as a demo trained on synthetic images",
+    )
+    p.add_argument(
+        "--demo-images",
+        type=int,
+        default=DEMO_PER_CLASS,
+        help="--demo: synthetic images per condition (split 8:1:1)",
+    )
+    p.add_argument(
+        "--demo-sides",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=DEMO_SIDES,
+        help="--demo: the synthetic photos' longer side is drawn between LOW and HIGH pixels",
     )
     p.add_argument(
         "--out",
@@ -118,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head-lr",
         type=float,
-        default=1e-3,
-        help="learning rate of the head phase (and of the whole network with --weights none)",
+        default=None,
+        help="learning rate of the head phase (and of the whole network with --weights none) "
+        f"(default 1e-3; {DEMO_LR:g} with --demo)",
     )
     p.add_argument(
         "--finetune-lr", type=float, default=1e-5, help="learning rate of the fine-tuning phase"
@@ -232,17 +250,43 @@ def processed_folder(args: argparse.Namespace, image_size: int) -> Path:
     return DATA / ("processed" if image_size == DEFAULT_SIZE else f"processed-{image_size}")
 
 
-def make_demo_data(folder: Path) -> Path:
-    """The synthetic raw dataset for --demo: written once, rewritten if it has other counts."""
-    from scalpnet.data import synthetic
+def make_demo_data(folder: Path, per_class: int, sides: tuple[int, int]) -> Path:
+    """The synthetic raw dataset for --demo: written once, rewritten for another recipe."""
+    import json
 
-    expected = DEMO_PER_CLASS * NUM_CLASSES
-    found = sum(1 for _ in folder.glob("*/*/*.jpg")) if folder.is_dir() else 0
-    if found != expected:
-        what = "writing" if not found else f"rewriting ({found} images there, not {expected})"
+    from scalpnet.data import synthetic
+    from scalpnet.files import write_json_atomic
+
+    recipe = {"per_class": per_class, "sides": list(sides), "seed": 0}
+    stamp = folder / "recipe.json"
+    found = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if found != recipe:
+        what = "writing" if found is None else f"rewriting ({found} there, not {recipe})"
         print(f"{what} the synthetic demo dataset in {folder} ...", flush=True)
-        print(synthetic.summary(synthetic.write_dataset(folder, per_class=DEMO_PER_CLASS, seed=0)))
+        result = synthetic.write_dataset(
+            folder, per_class=per_class, seed=0, sides=tuple(sides), progress=True
+        )
+        print(synthetic.summary(result), flush=True)
+        write_json_atomic(stamp, recipe)
     return folder
+
+
+def record_demo_recipe(run_dir: Path, args: argparse.Namespace) -> None:
+    """Write the synthetic data's recipe into the card (training's own settings are there)."""
+    import json
+
+    from scalpnet.files import write_json_atomic
+
+    card_path = run_dir / "model_card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["demo_recipe"] = {
+        "synthetic_images_per_condition": args.demo_images,
+        "drawn_longer_side_px": list(args.demo_sides),
+        "synthetic_seed": 0,
+        "split": "8:1:1 per condition",
+        "note": "image size, epochs, batch size and learning rate: see 'training'",
+    }
+    write_json_atomic(card_path, card)
 
 
 def prepare(data: Path, out: Path, image_size: int, split: str, seed: int, workers) -> Path:
@@ -270,7 +314,7 @@ def train_config(args: argparse.Namespace, image_size: int, out: Path):
         batch_size=args.batch_size or (DEMO_BATCH if args.demo else 32),
         head_epochs=epochs[0],
         finetune_epochs=epochs[1],
-        head_lr=args.head_lr,
+        head_lr=args.head_lr or (DEMO_LR if args.demo else 1e-3),
         finetune_lr=args.finetune_lr,
         dropout=args.dropout,
         weights=weights,
@@ -321,7 +365,7 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
         run_dir, split="test", progress=args.verbose > 0, command=command
     )
     print(result.summary_table(), flush=True)
-    summary = ood.fit_run(run_dir)
+    summary = ood.fit_run(run_dir, progress=args.verbose > 0)
     print(
         f"out-of-distribution check: {summary['val_pass_rate']:.0%} of validation images pass; "
         f"{summary['probe_flagged_rate']:.0%} of {summary['probes']} non-scalp probes flagged "
@@ -351,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         image_size = args.image_size or (DEMO_SIZE if args.demo else DEFAULT_SIZE)
         if args.demo:
-            data = make_demo_data(DATA / "synthetic")
+            data = make_demo_data(DATA / "synthetic", args.demo_images, args.demo_sides)
         else:
             data = args.data
             if not data.exists():
@@ -374,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = training.train(config, csv_path)
         print(run_folder.summary(result), flush=True)
         if result.chief:  # a multi-worker run's other workers leave the run folder alone
+            if args.demo:
+                record_demo_recipe(result.run_dir, args)
             after_training(result.run_dir, args)
     except ScalpNetError as exc:
         print(f"error: {exc}", file=sys.stderr)

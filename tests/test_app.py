@@ -135,6 +135,51 @@ def test_no_model_page_says_how_to_get_one(env, tmp_path):
     assert not at.file_uploader
 
 
+def test_no_model_page_offers_to_build_the_demo_here(env, tmp_path):
+    env.delenv("SCALPNET_RUN")
+    env.delenv("SCALPNET_BUILD_DEMO", raising=False)
+    env.setenv("SCALPNET_RUNS_DIR", str(tmp_path / "runs"))
+    at = new_app()
+    assert_no_error(at)
+    assert [b.label for b in at.button] == [EN["build_demo_button"]]
+    assert EN["build_demo_intro"] in all_text(at)
+
+
+def test_no_model_page_on_a_shared_server_builds_nothing(env, tmp_path):
+    env.delenv("SCALPNET_RUN")
+    env.setenv("SCALPNET_BUILD_DEMO", "0")
+    env.setenv("SCALPNET_RUNS_DIR", str(tmp_path / "runs"))
+    at = new_app()
+    assert_no_error(at)
+    assert not at.button
+    assert EN["build_demo_cloud"] in all_text(at)
+    assert "SCALPNET_MODEL_URL" in all_text(at)
+
+
+def test_a_running_demo_build_shows_its_progress(env, tmp_path):
+    import json
+    import os
+
+    env.delenv("SCALPNET_RUN")
+    env.delenv("SCALPNET_BUILD_DEMO", raising=False)
+    runs = tmp_path / "runs"
+    env.setenv("SCALPNET_RUNS_DIR", str(runs))
+    build = runs / ".demo-build"
+    build.mkdir(parents=True)
+    # A live process (this one) stands for the child; the step is the third of five.
+    (build / "build.json").write_text(json.dumps({"pid": os.getpid(), "started": 0}))
+    (build / "progress.json").write_text(
+        json.dumps({"step": "scratch: epoch 1/2", "done": 5, "total": 10, "left_s": 75.0})
+    )
+    at = new_app()
+    assert_no_error(at)
+    bars = at.get("progress")
+    assert len(bars) == 1 and bars[0].proto.value == 50
+    assert "step 3 of 5, training: epoch 1/2" in bars[0].proto.text
+    assert "about 1 min 15 s left" in all_text(at)
+    assert not at.file_uploader
+
+
 def test_unloadable_model_gives_a_clear_page_not_a_traceback(env, tmp_path):
     env.setenv("SCALPNET_RUN", str(tmp_path / "no_such_run"))
     at = new_app()

@@ -21,6 +21,7 @@ STAGES = {
     "scalpnet.files": 0,
     "scalpnet.quiet": 0,
     "scalpnet.import_hooks": 0,
+    "scalpnet.progress": 0,
     "scalpnet.data": 1,
     "scalpnet.learn": 2,
     "scalpnet.judge": 3,

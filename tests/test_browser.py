@@ -259,3 +259,62 @@ def test_onnx_serving_process_never_imports_tensorflow(app_url, browser_folder, 
     assert error_elements(page) == []
     modules = json.loads(probe_file(browser_folder).read_text())
     assert modules == [], modules[:10]
+
+
+# A stand-in for train.py --demo: reports its steps through scalpnet.progress, then leaves
+# a run folder (the app's own runs/ beside it), as the real one does in minutes.
+FAKE_DEMO_TRAIN = """
+import sys, time
+from pathlib import Path
+from scalpnet.progress import Progress
+from tests.app_fixtures import write_run
+for step in ("synthetic images", "prepare", "scratch: epoch 1/1"):
+    with Progress(step, total=4, show=False) as bar:
+        for _ in range(4):
+            time.sleep(0.4)
+            bar.update()
+write_run(Path(__file__).parent / "runs" / "demo-browser")
+"""
+
+
+def test_no_model_then_the_app_builds_the_demo_and_predicts(tmp_path, photo, page):
+    """First page without a model -> click -> progress bar -> model loaded -> bars."""
+    _chromium()
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    shutil.copy(REPO / "streamlit_app.py", app_dir / "streamlit_app.py")
+    (app_dir / "train.py").write_text(FAKE_DEMO_TRAIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCALPNET_", "GEMINI_"))}
+    env.pop("GOOGLE_API_KEY", None)
+    env.update(
+        SCALPNET_BUILD_DEMO="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_dir / "streamlit_app.py"),
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_healthy(process, url, log, START_TIMEOUT_S)
+        page.goto(url)
+        page.get_by_text(EN["no_model_title"]).wait_for(timeout=STEP_TIMEOUT_MS)
+        page.get_by_role("button", name=EN["build_demo_button"]).click()
+        page.locator('[data-testid="stProgress"]').wait_for(timeout=STEP_TIMEOUT_MS)
+        page.get_by_text(EN["title"]).first.wait_for(timeout=STEP_TIMEOUT_MS)  # model loaded
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+        chart = page.locator('[data-testid="stVegaLiteChart"]')
+        chart.locator("canvas, svg").first.wait_for(timeout=STEP_TIMEOUT_MS)
+        assert error_elements(page) == []
+        assert (app_dir / "runs" / "demo-browser" / "model.keras").is_file()
+    finally:
+        stop_app(process)

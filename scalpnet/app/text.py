@@ -133,6 +133,19 @@ _EN = {
         "Then reload this page. The app looks in `{runs_dir}` for the newest run folder "
         "holding `model.keras` and `model_card.json`, unless `SCALPNET_RUN` names one."
     ),
+    "build_demo_button": "Build the demo model here now",
+    "build_demo_intro": (
+        "Or let the app build the demo model on this computer: it runs `python train.py "
+        "--demo` in the background (about 5 minutes on a 2-core CPU), then loads it."
+    ),
+    "build_demo_running": "Building the demo model: step {index} of {steps}, {step}",
+    "build_demo_left": "{percent}% of this step; about {left} left in it ({elapsed} so far)",
+    "build_demo_failed": "Building the demo model failed. The end of its output:",
+    "build_demo_retry": "Try again (it continues where it stopped)",
+    "build_demo_cloud": (
+        "This app runs on a shared server, so it does not build a model itself: point it at "
+        "one with `SCALPNET_MODEL_URL` and `SCALPNET_MODEL_SHA256` (below)."
+    ),
     "loading_model": "Loading the model (the first visit after a start takes a while)…",
     "model_error_title": "The model could not be loaded",
     "model_error_body": "{reason}",
@@ -265,6 +278,19 @@ _KO = {
         '   SCALPNET_MODEL_SHA256 = "..."\n   ```\n\n'
         "그런 다음 이 페이지를 새로 고치세요. `SCALPNET_RUN`이 지정되지 않으면 앱은 "
         "`{runs_dir}`에서 `model.keras`와 `model_card.json`이 있는 가장 최근 실행 폴더를 찾습니다."
+    ),
+    "build_demo_button": "지금 여기서 데모 모델 만들기",
+    "build_demo_intro": (
+        "또는 앱이 이 컴퓨터에서 데모 모델을 직접 만들게 할 수 있습니다: 백그라운드에서 "
+        "`python train.py --demo`를 실행하고 (2코어 CPU에서 약 5분) 끝나면 불러옵니다."
+    ),
+    "build_demo_running": "데모 모델을 만드는 중: {steps}단계 중 {index}단계, {step}",
+    "build_demo_left": "이 단계 {percent}% 완료; 약 {left} 남음 (지금까지 {elapsed})",
+    "build_demo_failed": "데모 모델을 만들지 못했습니다. 출력의 마지막 부분:",
+    "build_demo_retry": "다시 시도 (멈춘 곳에서 이어집니다)",
+    "build_demo_cloud": (
+        "이 앱은 공유 서버에서 실행 중이므로 모델을 직접 만들지 않습니다: "
+        "`SCALPNET_MODEL_URL`과 `SCALPNET_MODEL_SHA256`으로 모델을 지정하세요 (아래 참고)."
     ),
     "loading_model": "모델을 불러오는 중입니다 (시작 후 첫 방문은 시간이 걸립니다)…",
     "model_error_title": "모델을 불러오지 못했습니다",

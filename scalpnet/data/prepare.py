@@ -215,20 +215,13 @@ def _process_all(
     on_done,
 ) -> None:
     """Run :func:`process_image` over ``jobs`` in parallel; ``on_done(item, name, reason)``."""
-    from tqdm import tqdm
+    from scalpnet.progress import Progress
 
     if not jobs:
         return
     # Small chunks: few enough tasks to keep IPC cheap, enough to balance the workers.
     chunk = max(1, min(16, len(jobs) // (8 * workers)))
-    bar = tqdm(
-        total=len(jobs),
-        unit="img",
-        desc="prepare",
-        disable=None if progress else True,
-        file=None,
-        dynamic_ncols=True,
-    )
+    bar = Progress("prepare", len(jobs), unit="img", show=progress)
     pool = _make_executor(kind, workers)
     try:
         futures = {}

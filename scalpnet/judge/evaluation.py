@@ -276,28 +276,21 @@ def predict_split(
     Raises:
         DatasetError: from ``dataset.make_dataset`` (missing CSV or images, empty split).
     """
-    from tqdm import tqdm
-
     from scalpnet.data import dataset
+    from scalpnet.progress import Progress
 
     ds = dataset.make_dataset(
         csv, split, image_size=image_size, batch_size=batch_size, training=False
     )
     steps = int(ds.cardinality())
     labels, probs = [], {name: [] for name in probs_fns}
-    bar = tqdm(
-        ds,
-        total=steps if steps >= 0 else None,
-        desc=f"predict {split}",
-        disable=not progress,
-        file=sys.stderr,
-        leave=False,
-    )
-    for x, y in bar:
-        pixels = np.asarray(x, dtype=np.float32)  # (B, S, S, 3)
-        for name, fn in probs_fns.items():
-            probs[name].append(np.asarray(fn(pixels), dtype=np.float32))  # (B, 10)
-        labels.append(np.asarray(y, dtype=np.float32))  # (B, 10)
+    with Progress(f"evaluate: predict {split}", max(steps, 0), unit="batch", show=progress) as bar:
+        for x, y in ds:
+            pixels = np.asarray(x, dtype=np.float32)  # (B, S, S, 3)
+            for name, fn in probs_fns.items():
+                probs[name].append(np.asarray(fn(pixels), dtype=np.float32))  # (B, 10)
+            labels.append(np.asarray(y, dtype=np.float32))  # (B, 10)
+            bar.update()
     return np.concatenate(labels), {name: np.concatenate(p) for name, p in probs.items()}
 
 

@@ -41,6 +41,7 @@ class OODConfig:
     batch_size: int = 32
     probes_per_kind: int = 4  # noise / flat / gradient / text probes of each kind
     seed: int = 0
+    progress: bool = False  # a bar with the time left (scalpnet.progress)
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,13 @@ def probe_images(size: int, per_kind: int = 4, seed: int = 0) -> list[tuple[str,
 
 
 # ----------------------------------------------------------------------------- a run folder
-def _features_of_files(paths, feature_fn: FeatureFn, size: int, batch_size: int) -> np.ndarray:
-    """Processed PNGs (already at ``size``) -> (N, D) features, batch by batch."""
+def _features_of_files(
+    paths, feature_fn: FeatureFn, size: int, batch_size: int, bar=None
+) -> np.ndarray:
+    """Processed PNGs (already at ``size``) -> (N, D) features, batch by batch.
+
+    ``bar``: a :class:`scalpnet.progress.Progress` told of every image done.
+    """
     from scalpnet.data.preprocess import load_image, to_model_input
 
     out = []
@@ -285,6 +291,8 @@ def _features_of_files(paths, feature_fn: FeatureFn, size: int, batch_size: int)
             # the one preprocessing path like a user photo would.
             batch.append(rgb if rgb.shape[:2] == (size, size) else to_model_input(rgb, size))
         out.append(feature_fn(np.stack(batch)))
+        if bar is not None:
+            bar.update(len(batch))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -315,6 +323,7 @@ def fit_run(run_dir: str | os.PathLike, config: OODConfig | None = None, **overr
     from scalpnet.data.dataset import label_matrix, read_split
     from scalpnet.judge.evaluation import merge_json, read_card
     from scalpnet.learn.model import features_model, load_model
+    from scalpnet.progress import Progress
 
     config = dataclasses.replace(config or OODConfig(), **overrides)
     run_dir = Path(run_dir)
@@ -332,11 +341,13 @@ def fit_run(run_dir: str | os.PathLike, config: OODConfig | None = None, **overr
     frames = {split: read_split(csv_path, split) for split in ("train", "val")}
     features, labels = {}, {}
     limits = {"train": config.max_train_images, "val": config.max_val_images}
-    for split, frame in frames.items():
-        rows = frame.iloc[_subsample(len(frame), limits[split], rng)]
-        paths = [Path(p) for p in rows["path"]]
-        features[split] = _features_of_files(paths, feature_fn, size, config.batch_size)
-        labels[split] = label_matrix(rows)
+    picks = {s: frame.iloc[_subsample(len(frame), limits[s], rng)] for s, frame in frames.items()}
+    total = sum(len(rows) for rows in picks.values())
+    with Progress("OOD fit: features", total, unit="img", show=config.progress) as bar:
+        for split, rows in picks.items():
+            paths = [Path(p) for p in rows["path"]]
+            features[split] = _features_of_files(paths, feature_fn, size, config.batch_size, bar)
+            labels[split] = label_matrix(rows)
 
     model = fit(features["train"], labels["train"])
     val_scores = model.score(features["val"])

@@ -41,6 +41,7 @@ from scalpnet.learn.config import (
     plan_phases,
     pretrained,
 )
+from scalpnet.learn.epoch_progress import EpochProgress
 from scalpnet.learn.model import backbone_layers, build_model
 from scalpnet.learn.resume import RunState, read_history
 
@@ -169,8 +170,10 @@ def make_callbacks(
     """
     history = read_history(run_dir)
     _, phase_best, wait, best_epoch = resume.phase_progress(history, start, config)
+    say = None if config.verbose == 0 else print
     return [
         _LearningRateLogger(),
+        EpochProgress(phase.name, show=config.verbose == 2, say=say),
         resume.BestCheckpoint(state.bests, meta, config.monitor, best),
         ResumableEarlyStopping(
             monitor=config.monitor,

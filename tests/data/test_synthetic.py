@@ -182,3 +182,15 @@ def test_write_dataset_is_seeded_and_removes_its_own_stale_files(tmp_path):
 def test_write_dataset_rejects_zero_images(tmp_path):
     with pytest.raises(ValueError):
         synthetic.write_dataset(tmp_path, per_class=0)
+
+
+def test_write_dataset_draws_within_the_sides_asked_for(tmp_path):
+    synthetic.write_dataset(tmp_path / "small", per_class=3, seed=1, sides=(96, 128))
+    sizes = []
+    for path in (tmp_path / "small").rglob("*.jpg"):
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    assert len(sizes) == 30
+    assert all(96 <= max(s) <= 128 and min(s) >= 48 for s in sizes), sizes
+    with pytest.raises(ValueError, match="sides"):
+        synthetic.write_dataset(tmp_path / "bad", per_class=1, sides=(200, 100))
