@@ -376,7 +376,11 @@ def main() -> None:
     build = demo_build.DemoBuild(APP_DIR, settings.runs_dir)
     # A build in progress finishes (evaluation, OOD fit) before its model is loaded.
     may_build = demo_build.may_build(os.environ, APP_DIR)
-    if may_build and not (settings.run or settings.model_url) and demo_build_page(build, settings, t):
+    if (
+        may_build
+        and not (settings.run or settings.model_url)
+        and demo_build_page(build, settings, t)
+    ):
         show_disclaimer(t)
         return
     try:

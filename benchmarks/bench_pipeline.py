@@ -157,7 +157,8 @@ def fit_sources(csv_path: Path, size: int, batch: int) -> dict[str, dict]:
     x, y = preload(csv_path)
     steps = steps_per_epoch(csv_path, "train", batch)
     sources = {"memory": {"x": x, "y": y, "batch_size": batch, "shuffle": True}}
-    for name, augment in (("csv", False), ("csv_aug", True)):  # as scalpnet.learn.training feeds fit
+    # As scalpnet.learn.training feeds fit:
+    for name, augment in (("csv", False), ("csv_aug", True)):
         sources[name] = {"x": ours(augment), "steps_per_epoch": steps}
     # One epoch as a finite dataset: fit makes a new iterator of it every epoch.
     one_epoch = ours(False).take(steps).apply(tf.data.experimental.assert_cardinality(steps))

@@ -51,7 +51,7 @@ class GradCam:
         # Outputs: the conv block's activations and what the score is computed from.
         score_source = head.input if linear_head else model.output
         conv_output = model.get_layer(layer or LAST_CONV_LAYER).output
-        probe = keras.Model(model.inputs, [conv_output, score_source])
+        probe = keras.Model(model.input, [conv_output, score_source])  # one tensor in
 
         @tf.function(
             input_signature=[tf.TensorSpec((None, self.size, self.size, 3), tf.float32)],

@@ -153,7 +153,7 @@ def serving_model(model):
     maps = maps_layer(conv)
     maps_layer.kernel.assign(keras.ops.cast(head.kernel, "float32"))
     features = model.get_layer(FEATURE_LAYER).output
-    return keras.Model(model.inputs, [features, model.output, maps], name=f"{model.name}_serving")
+    return keras.Model(model.input, [features, model.output, maps], name=f"{model.name}_serving")
 
 
 # ----------------------------------------------------------------------------- the choice
