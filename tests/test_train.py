@@ -282,7 +282,8 @@ def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, d
     newest.unlink()  # a new file: the fixture's is shared by a hard link
     newest.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"")
     done = resume(killed_run, run)
-    lines = [line for line in done.stdout.splitlines() if "epoch 2" in line]
+    # One line about the damaged checkpoint (the progress lines say "epoch 2/3" too).
+    lines = [line for line in done.stdout.splitlines() if "checkpoint after epoch 2" in line]
     assert len(lines) == 1 and damage in lines[0] and "unusable" in lines[0], done.stdout
     # Epoch 2 runs again, and epoch 3, whose backup the kill cut short.
     assert "falling back to the backup after epoch 1: 2 epoch(s) to run again" in done.stdout
