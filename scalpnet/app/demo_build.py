@@ -37,6 +37,10 @@ STEPS = (
     ("evaluate", "evaluating on the test split"),
     ("OOD fit", "fitting the out-of-distribution check"),
 )
+# The children this process started, by build folder. Streamlit makes a new DemoBuild on
+# every rerun; asking the Popen (not only the pid) keeps a child that has just ended, but
+# whose exit code the reaping thread has not written yet, from reading as "failed".
+_CHILDREN: dict[Path, subprocess.Popen] = {}
 
 
 def on_community_cloud(environ: Mapping[str, str], app_dir: Path) -> bool:
@@ -120,6 +124,7 @@ class DemoBuild:
             )
         info = {"pid": child.pid, "started": time.time(), "returncode": None}
         self._write_info(info)
+        _CHILDREN[self.folder] = child
         # Reaps the child and records how it ended, whichever page or session asks later.
         threading.Thread(target=self._wait, args=(child, info), daemon=True).start()
 
@@ -173,6 +178,9 @@ class DemoBuild:
         """The child's exit code once it has ended; None while it runs (or never ran)."""
         if info.get("returncode") is not None:
             return int(info["returncode"])
+        child = _CHILDREN.get(self.folder)
+        if child is not None and child.pid == info.get("pid"):
+            return child.poll()  # None also while the reaping thread holds it
         if info.get("pid") and not _alive(int(info["pid"])):
             return -1  # started by an earlier app that is gone: its end is unknown
         return None

@@ -102,7 +102,7 @@ def test_a_failed_build_shows_the_end_of_its_output_and_can_start_again(tmp_path
     assert wait_end(build).phase == "done"
 
 
-def test_a_build_whose_app_went_away_is_not_running(tmp_path):
+def test_a_build_whose_app_went_away_is_not_running(tmp_path, monkeypatch):
     app = fake_app(tmp_path)
     build = DemoBuild(app, app / "runs")
     build.start()
@@ -110,4 +110,24 @@ def test_a_build_whose_app_went_away_is_not_running(tmp_path):
     info = build._info()
     info["returncode"] = None  # the app that started it ended before it did
     build.info_file.write_text(__import__("json").dumps(info))
+    monkeypatch.setattr(demo_build, "_CHILDREN", {})  # a new app process knows no child
     assert DemoBuild(app, app / "runs").state().phase == "failed"
+
+
+def test_a_child_just_reaped_but_not_yet_recorded_is_done(tmp_path, monkeypatch):
+    """The race CI met: the reaping thread has the exit code but has not written it."""
+    reaped = __import__("threading").Event()
+
+    def slow_wait(self, child, info):
+        code = child.wait()
+        reaped.set()
+        time.sleep(1.0)
+        self._write_info({**info, "returncode": code})
+
+    monkeypatch.setattr(DemoBuild, "_wait", slow_wait)
+    app = fake_app(tmp_path)
+    DemoBuild(app, app / "runs").start()
+    assert reaped.wait(60)
+    fresh = DemoBuild(app, app / "runs")  # as a Streamlit rerun makes
+    assert fresh._info()["returncode"] is None
+    assert fresh.state().phase == "done"
