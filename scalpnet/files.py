@@ -28,8 +28,9 @@ from pathlib import Path
 
 from scalpnet.errors import DatasetError, DiskFullError
 
-# Matches the temporary files this module makes (for cleaning up after a killed writer).
-TEMP_PATTERN = re.compile(r".+\.\d+-\d+\.tmp(\.[^.]+)*")
+# Matches the temporary files this module makes (for cleaning up after a killed writer);
+# group 1 is the writer's process id.
+TEMP_PATTERN = re.compile(r".+\.(\d+)-\d+\.tmp(\.[^.]+)*")
 FAULT_ENV = "SCALPNET_FAULT"
 _fault_counts: dict[str, int] = {}
 
@@ -38,6 +39,27 @@ def temp_path(path: Path, keep_suffix: bool = False) -> Path:
     """The temporary name the atomic writers use for ``path`` in this thread."""
     suffix = "".join(path.suffixes) if keep_suffix else ""
     return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp{suffix}")
+
+
+def is_leftover_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of a writer that has ended (safe to delete).
+
+    A temp whose process is still alive may be a write in flight: another ``prepare`` or
+    worker sharing the folder, or another thread of this process.
+    """
+    match = TEMP_PATTERN.fullmatch(path.name)
+    return match is not None and not process_alive(int(match.group(1)))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a name we cannot judge): leave it
+    return True
 
 
 def _fault(path: Path, tmp: Path) -> None:

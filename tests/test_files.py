@@ -52,3 +52,36 @@ def test_disk_full_recognises_h5py_errors_and_the_message_is_one_line(tmp_path):
     assert isinstance(error, DiskFullError)
     text = str(error)
     assert "\n" not in text and f"'{tmp_path}'" in text and "283 MB" in text and "free" in text
+
+
+def test_only_temps_of_ended_writers_are_leftovers(tmp_path):
+    """A temp of a live writer (another prepare of the same folder, a second worker) is a
+    write in flight, not a leftover: deleting it made that writer's rename fail."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(ended.stdout)
+    live = files.temp_path(tmp_path / "labels.csv")  # this process's
+    dead = tmp_path / f"labels.csv.{dead_pid}-1.tmp"
+    for path in (live, dead):
+        path.write_bytes(b"half")
+    assert files.TEMP_PATTERN.fullmatch(dead.name)
+    assert not files.is_leftover_temp(live)
+    assert files.is_leftover_temp(dead)
+    assert not files.is_leftover_temp(tmp_path / "labels.csv")
+
+
+def test_prepare_keeps_another_writers_temp(tmp_path):
+    from scalpnet.data import prepare, synthetic
+
+    synthetic.write_dataset(tmp_path / "raw", per_class=2, seed=0, sides=(64, 96))
+    config = prepare.PrepareConfig(data=tmp_path / "raw", out=tmp_path / "out", image_size=32)
+    prepare.prepare_dataset(config, progress=False)
+    # As a live writer names it (this process, another thread: temp_path of this thread
+    # is the name prepare itself writes labels.csv through).
+    in_flight = tmp_path / "out" / f"labels.csv.{__import__('os').getpid()}-1.tmp"
+    in_flight.write_bytes(b"half")
+    prepare.prepare_dataset(config, progress=False)
+    assert in_flight.exists()

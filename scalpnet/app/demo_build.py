@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scalpnet.files import write_json_atomic
+from scalpnet.files import process_alive, write_json_atomic
 from scalpnet.progress import PROGRESS_FILE_ENV, read_status
 
 BUILD_DIR = ".demo-build"
@@ -181,7 +181,7 @@ class DemoBuild:
         child = _CHILDREN.get(self.folder)
         if child is not None and child.pid == info.get("pid"):
             return child.poll()  # None also while the reaping thread holds it
-        if info.get("pid") and not _alive(int(info["pid"])):
+        if info.get("pid") and not process_alive(int(info["pid"])):
             return -1  # started by an earlier app that is gone: its end is unknown
         return None
 
@@ -190,13 +190,3 @@ class DemoBuild:
         if info.get("pid") and self._returncode(info) is None:
             return int(info["pid"])
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

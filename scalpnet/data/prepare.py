@@ -34,7 +34,7 @@ import numpy as np
 from scalpnet.data import preprocess
 from scalpnet.data.layouts import SPLITS, Item, discover
 from scalpnet.errors import ConfigError, DatasetError, InvalidImageError
-from scalpnet.files import TEMP_PATTERN, make_folder, write_bytes_atomic
+from scalpnet.files import is_leftover_temp, make_folder, write_bytes_atomic
 from scalpnet.labels import CONDITIONS, ENGLISH_NAMES, KEYS, NUM_CLASSES
 
 SPLIT_SCHEMES = ("auto", "random", "grouped")
@@ -311,19 +311,18 @@ def _remove_leftovers(images: Path, keep: Iterable[Path]) -> None:
     """Delete temp files from a killed run and PNGs of sources that are gone or now failing.
 
     Only files this module names (``images/<key|multi|none>/<stem>-<hash>.png``) are touched,
-    so an --out that happens to hold other pictures loses none of them.
+    so an --out that happens to hold other pictures loses none of them; temps of a writer
+    still running (another prepare of the same folder, e.g. a second worker) stay.
     """
     keep = set(keep)
     for path in images.parent.glob("*.tmp"):  # labels.csv, the report, the state file
-        if TEMP_PATTERN.fullmatch(path.name):
+        if is_leftover_temp(path):
             path.unlink(missing_ok=True)
     for folder in (images / name for name in (*KEYS, "multi", "none")):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            ours = TEMP_PATTERN.fullmatch(path.name) or (
-                _OUR_PNG.fullmatch(path.name) and path not in keep
-            )
+            ours = is_leftover_temp(path) or (_OUR_PNG.fullmatch(path.name) and path not in keep)
             if ours and path.is_file():
                 path.unlink(missing_ok=True)
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from scalpnet.errors import DiskFullError
-from scalpnet.files import TEMP_PATTERN, atomic_path, disk_full_as_error, write_json_atomic
+from scalpnet.files import atomic_path, disk_full_as_error, is_leftover_temp, write_json_atomic
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -228,5 +228,5 @@ class CheckpointSet:
                 self.remove(n)
         if self.folder.is_dir():
             for leftover in self.folder.iterdir():
-                if TEMP_PATTERN.fullmatch(leftover.name):
+                if is_leftover_temp(leftover):
                     leftover.unlink(missing_ok=True)
