@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
@@ -193,13 +194,13 @@ def test_killed_in_either_phase_the_same_command_resumes_and_finishes(tmp_path):
 
 
 # --------------------------------------------------------------------------- faults
-# pytest's per-test limit (900 s) also counts the fixture's killed run, paid by the first
-# test that uses it: these tests get twice that on a busy machine (hangs are bounded by
-# TIMEOUT per subprocess anyway).
+# pytest's per-test limit (900 s) also counts the fixtures' killed run and six concurrent
+# resumes, paid by the first test that uses them: these tests get twice that on a busy
+# machine (hangs are bounded by TIMEOUT per subprocess anyway).
 FAULT_LIMIT = pytest.mark.timeout(1800)
 # A tiny run (32 px, 60 training images, 3 epochs of 4 steps) killed while it writes the
-# backup after its last epoch; each test below resumes a copy (hard links: nothing here
-# changes a file in place) after damaging it in its own way.
+# backup after its last epoch; each test below reads the resume of a copy damaged in its
+# own way.
 FAULT_EPOCHS = 3
 RUN_FILES = {"model.keras", "model_card.json", "history.csv", "curves.png", "logs"}
 RUN_FILES |= {"metrics.json", "report.md", "thresholds.json", "calibration.json", "ood.npz"}
@@ -237,14 +238,83 @@ def backups(run: Path) -> Path:
     return run / RESUME_DIR / "backup_scratch"
 
 
-def copy_run(killed_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(killed_run / "run", run, copy_function=os.link)
-    return run
+# Each fault: what it does to a copy of the killed run, and its resume's environment.
+def damage_newest_backup(how: str):
+    def damage(run: Path) -> None:
+        newest = backups(run) / "epoch-0002.weights.h5"
+        data = newest.read_bytes()
+        newest.unlink()  # a new file: the fixture's is shared by a hard link
+        newest.write_bytes(data[: len(data) // 3] if how == "truncated" else b"")
+
+    return damage
 
 
-def resume(killed_run: Path, run: Path, **env: str) -> subprocess.CompletedProcess:
-    return run_train_py(fault_args(killed_run, run), killed_run, **env)
+def remove_state_json(run: Path) -> None:
+    (run / RESUME_DIR / "state.json").unlink()
+
+
+def swap_in_a_backup_of_another_size(run: Path) -> None:
+    """The backup after epoch 2 is replaced by one a 48-px run of the same model wrote
+    (ResNet50's weights have the same shapes at any size: only the record tells)."""
+    from scalpnet.learn.model import build_model
+
+    for path in backups(run).glob("epoch-0002.*"):
+        path.unlink()
+    other = build_model(48, weights=None)
+    other.compile(optimizer="adam", loss="binary_crossentropy")
+    other.optimizer.build(other.trainable_variables)
+    series = checkpoints.CheckpointSet(backups(run), "epoch")
+    series.save(other, 2, {**checkpoints.identity(other, "a-48-px-run", 48), "phase": "scratch"})
+
+
+FAULTS = {
+    "killed": (None, {}),
+    "truncated": (damage_newest_backup("truncated"), {}),
+    "empty": (damage_newest_backup("empty"), {}),
+    "no_state": (remove_state_json, {}),
+    "other_size": (swap_in_a_backup_of_another_size, {}),
+    "disk_full": (None, {FAULT_ENV: "enospc:epoch-0003:1"}),
+}
+
+
+class Resumed(NamedTuple):
+    run: Path
+    names_before: list[str]  # the backup folder's files before the resume
+    done: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def resumed(killed_run, tmp_path_factory) -> dict[str, Resumed]:
+    """Each fault of :data:`FAULTS` on its own copy of the killed run (hard links: nothing
+    here changes a file in place), then all of them resumed with the same command at once:
+    most of a resume is single-threaded tracing and start-up, so six side by side take
+    about twice one, not six times (the tests only read files and output)."""
+    root = tmp_path_factory.mktemp("resumed")
+    started = {}
+    for name, (damage, env) in FAULTS.items():
+        run = root / name / "run"
+        shutil.copytree(killed_run / "run", run, copy_function=os.link)
+        if damage is not None:
+            damage(run)
+        names = sorted(p.name for p in backups(run).iterdir())
+        out, err = root / name / "stdout.txt", root / name / "stderr.txt"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, str(REPO / "train.py"), *fault_args(killed_run, run)],
+                cwd=killed_run, env=_env(**env), stdout=stdout, stderr=stderr, text=True,
+            )  # fmt: skip
+        started[name] = (run, names, process, out, err)
+    results = {}
+    try:
+        for name, (run, names, process, out, err) in started.items():
+            code = process.wait(timeout=TIMEOUT)
+            done = subprocess.CompletedProcess(process.args, code, out.read_text(), err.read_text())
+            results[name] = Resumed(run, names, done)
+    finally:
+        for _, _, process, _, _ in started.values():
+            if process.poll() is None:
+                process.kill()
+    return results
 
 
 def assert_finished(run: Path, done: subprocess.CompletedProcess) -> None:
@@ -262,12 +332,10 @@ def assert_finished(run: Path, done: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.slow
 @FAULT_LIMIT
-def test_killed_while_writing_a_backup_resumes_from_the_last_complete_one(killed_run, tmp_path):
-    run = copy_run(killed_run, tmp_path)
-    names = [p.name for p in backups(run).iterdir()]
+def test_killed_while_writing_a_backup_resumes_from_the_last_complete_one(resumed):
+    run, names, done = resumed["killed"]
     assert any(TEMP_PATTERN.fullmatch(n) for n in names), names  # the cut-short write
     assert "epoch-0003.weights.h5" not in names and "epoch-0002.json" in names
-    done = resume(killed_run, run)
     assert "continuing phase scratch after epoch 2 (from its backup)" in done.stdout
     assert_finished(run, done)
 
@@ -275,13 +343,8 @@ def test_killed_while_writing_a_backup_resumes_from_the_last_complete_one(killed
 @pytest.mark.slow
 @FAULT_LIMIT
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
-def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, damage):
-    run = copy_run(killed_run, tmp_path)
-    newest = backups(run) / "epoch-0002.weights.h5"
-    data = newest.read_bytes()
-    newest.unlink()  # a new file: the fixture's is shared by a hard link
-    newest.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"")
-    done = resume(killed_run, run)
+def test_a_damaged_backup_falls_back_to_the_previous_one(resumed, damage):
+    run, _, done = resumed[damage]
     # One line about the damaged checkpoint (the progress lines say "epoch 2/3" too).
     lines = [line for line in done.stdout.splitlines() if "checkpoint after epoch 2" in line]
     assert len(lines) == 1 and damage in lines[0] and "unusable" in lines[0], done.stdout
@@ -292,10 +355,8 @@ def test_a_damaged_backup_falls_back_to_the_previous_one(killed_run, tmp_path, d
 
 @pytest.mark.slow
 @FAULT_LIMIT
-def test_a_missing_state_json_is_rebuilt_from_the_checkpoints(killed_run, tmp_path):
-    run = copy_run(killed_run, tmp_path)
-    (run / RESUME_DIR / "state.json").unlink()
-    done = resume(killed_run, run)
+def test_a_missing_state_json_is_rebuilt_from_the_checkpoints(resumed):
+    run, _, done = resumed["no_state"]
     assert "rebuilt from the checkpoints' records" in done.stdout
     assert "continuing phase scratch after epoch 2 (from its backup)" in done.stdout
     assert_finished(run, done)
@@ -303,20 +364,8 @@ def test_a_missing_state_json_is_rebuilt_from_the_checkpoints(killed_run, tmp_pa
 
 @pytest.mark.slow
 @FAULT_LIMIT
-def test_a_backup_of_another_image_size_is_refused(killed_run, tmp_path):
-    """The backup after epoch 2 is replaced by one a 48-px run of the same model wrote
-    (ResNet50's weights have the same shapes at any size: only the record tells)."""
-    from scalpnet.learn.model import build_model
-
-    run = copy_run(killed_run, tmp_path)
-    for path in backups(run).glob("epoch-0002.*"):
-        path.unlink()
-    other = build_model(48, weights=None)
-    other.compile(optimizer="adam", loss="binary_crossentropy")
-    other.optimizer.build(other.trainable_variables)
-    series = checkpoints.CheckpointSet(backups(run), "epoch")
-    series.save(other, 2, {**checkpoints.identity(other, "a-48-px-run", 48), "phase": "scratch"})
-    done = resume(killed_run, run)
+def test_a_backup_of_another_image_size_is_refused(resumed):
+    run, _, done = resumed["other_size"]
     assert "belongs to another image size (image_size 48, not 32)" in done.stdout
     # Epoch 2 runs again, and epoch 3, whose backup the kill cut short.
     assert "falling back to the backup after epoch 1: 2 epoch(s) to run again" in done.stdout
@@ -325,11 +374,8 @@ def test_a_backup_of_another_image_size_is_refused(killed_run, tmp_path):
 
 @pytest.mark.slow
 @FAULT_LIMIT
-def test_a_full_disk_is_one_clear_message_and_the_last_checkpoint_stays_usable(
-    killed_run, tmp_path
-):
-    run = copy_run(killed_run, tmp_path)
-    done = resume(killed_run, run, **{FAULT_ENV: "enospc:epoch-0003:1"})
+def test_a_full_disk_is_one_clear_message_and_the_last_checkpoint_stays_usable(resumed):
+    run, _, done = resumed["disk_full"]
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]

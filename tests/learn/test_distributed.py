@@ -375,19 +375,54 @@ def _assert_parity(run: Path) -> None:
     )
 
 
+def _run_at_once(commands: dict[str, list[str]], logs: Path, timeout: float, **env: str) -> None:
+    """Run several commands side by side, each one's output in ``logs/<name>.log`` (each
+    REPEATABLE: one thread per op, so their numbers do not depend on what else runs);
+    fail with the output of any that fails."""
+    procs = {}
+    for name, args in commands.items():
+        with (logs / f"{name}.log").open("w") as log:
+            procs[name] = subprocess.Popen(
+                [sys.executable, *args], cwd=REPO, env=_env(**env), stdout=log, stderr=log
+            )
+    try:
+        for name, proc in procs.items():
+            proc.wait(timeout=timeout)
+            output = (logs / f"{name}.log").read_text()
+            assert proc.returncode == 0, f"{name}:\n{output[-3000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
-def mirrored_run(raw_data, tmp_path_factory) -> Path:
+def parity_runs(raw_data, tmp_path_factory) -> dict[str, Path]:
+    """Three train.py runs of 2 epochs, started at once (they share the CPU, not their
+    numbers):
+
+    - ``mirrored``: --strategy mirrored over 2 logical CPUs, global batch 16 (2 x 8);
+    - ``single``: the same over 1 logical CPU, global batch 16 (1 x 16);
+    - ``control``: 1 logical CPU, batches of 8 (the same images in other batches).
+    """
+    root = tmp_path_factory.mktemp("parity")
+    mirrored = ["--strategy", "mirrored", "--devices", "cpu:2", *EPOCHS_2]
+    single = ["--strategy", "mirrored", "--devices", "cpu:1", *GLOBAL_16]
+    control = ["--strategy", "mirrored", "--devices", "cpu:1", *EPOCHS_2]
+    runs = {"mirrored": mirrored, "single": single, "control": control}
+    commands = {name: _train_args(raw_data, root / name, *args) for name, args in runs.items()}
+    _run_at_once(commands, root, timeout=1200, **REPEATABLE)
+    return {name: root / name for name in runs}
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(parity_runs) -> Path:
     """train.py --strategy mirrored over 2 logical CPUs, 2 epochs, global batch 16."""
-    out = tmp_path_factory.mktemp("mirrored") / "run"
-    _run(
-        _train_args(raw_data, out, "--strategy", "mirrored", "--devices", "cpu:2", *EPOCHS_2),
-        timeout=900,
-        **REPEATABLE,
-    )
-    return out
+    return parity_runs["mirrored"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # pays for parity_runs: three trainings side by side
 def test_train_py_mirrored_writes_a_complete_run_that_reloads_identically(mirrored_run):
     assert {p.name for p in mirrored_run.iterdir()} >= RUN_FILES
     assert not (mirrored_run / ".resume").exists()
@@ -415,7 +450,7 @@ def _relative_gaps(one: list[dict], two: list[dict]) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_replicas_and_one_replica_reach_the_same_losses(mirrored_run, raw_data, tmp_path):
+def test_two_replicas_and_one_replica_reach_the_same_losses(parity_runs):
     """Same seed, data and global batch (16): 2 replicas x 8 images vs 1 replica x 16.
 
     The 1-replica run is MirroredStrategy over one device, so both runs go through the
@@ -433,31 +468,19 @@ def test_two_replicas_and_one_replica_reach_the_same_losses(mirrored_run, raw_da
     moved val_loss by 1.1e-3 relative and failed this test). Tolerance 1e-3 relative
     after 4 and 8 steps; the control is the next test.
     """
-    single = tmp_path / "single"
-    _run(
-        _train_args(raw_data, single, "--strategy", "mirrored", "--devices", "cpu:1", *GLOBAL_16),
-        timeout=900,
-        **REPEATABLE,
-    )
-    card = json.loads((single / "model_card.json").read_text())
+    card = json.loads((parity_runs["single"] / "model_card.json").read_text())
     assert card["training"]["distribution"]["replicas"] == 1
-    one, two = _history(single), _history(mirrored_run)
+    one, two = _history(parity_runs["single"]), _history(parity_runs["mirrored"])
     gaps = _relative_gaps(one, two)
     print(f"1 vs 2 replicas, relative gaps in loss/val_loss by epoch: {gaps}")
     assert max(gaps) <= 1e-3, (one, two)
 
 
 @pytest.mark.slow
-def test_the_parity_check_catches_another_batch_composition(mirrored_run, raw_data, tmp_path):
+def test_the_parity_check_catches_another_batch_composition(parity_runs):
     """The control of the test above: one replica fed 8-image batches (the same images in
     other batches, twice the steps) against the 2-replica run's global batches of 16."""
-    control = tmp_path / "control"
-    _run(
-        _train_args(raw_data, control, "--strategy", "mirrored", "--devices", "cpu:1", *EPOCHS_2),
-        timeout=900,
-        **REPEATABLE,
-    )
-    gaps = _relative_gaps(_history(mirrored_run), _history(control))
+    gaps = _relative_gaps(_history(parity_runs["mirrored"]), _history(parity_runs["control"]))
     print(f"global batch 16 vs 8 (the control), relative gaps: {gaps}")
     assert max(gaps) > 1e-2, gaps  # 10x the tolerance
 
