@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,9 @@ def export_fp32(model, out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
     os.close(fd)
     try:
-        serving.export(tmp, format="onnx", verbose=False)
+        with warnings.catch_warnings():  # tf2onnx's own NumPy deprecation, nothing to act on
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*tf2onnx")
+            serving.export(tmp, format="onnx", verbose=False)
         os.replace(tmp, out)
     except Exception as exc:
         raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
