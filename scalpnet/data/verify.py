@@ -5,11 +5,13 @@ On (96, 96) grey views of the two images, with their SIFT keypoints (``keypoints
 1. the second image's descriptors (as seen, then mirrored: SIFT cannot model a flip)
    are matched to the first's with Lowe's ratio test, and one affine transform is fitted
    to the matches with RANSAC (``cv2.estimateAffine2D``: rotation by any angle, scale,
-   shear, shift);
-2. the **pair score** is the normalised correlation of the two views' fine texture (each
-   view minus its Gaussian blur, sigma ``HIGHPASS_SIGMA``) after warping the second onto
-   the first with that transform, over the pixels both cover (at least ``MIN_OVERLAP`` of
-   the view, else 0). The better orientation counts; negative correlations count as 0.
+   shear, shift); a mirror is folded into the transform, so it maps the second view's
+   pixels onto the first's as they are;
+2. the **pair score** is the normalised correlation of the two views' fine texture
+   (minus a Gaussian blur of sigma ``HIGHPASS_SIGMA``) after that alignment, judged in
+   the frame of the view that shows the common part smaller (the other is blurred against
+   aliasing and warped into it), over the pixels both cover (at least ``MIN_OVERLAP`` of
+   that view, else 0). The better orientation counts; negative correlations count as 0.
 
 Same photo: the hair and skin detail line up, typically 0.6-1.0. Different photos: about
 0 +- 0.1 even when their colours and textures look alike, since a transform fitted to
@@ -20,6 +22,7 @@ the calibration of the threshold.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,12 +31,20 @@ from scalpnet.data.fingerprints import view
 from scalpnet.data.keypoints import Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
-RANSAC_PIXELS = 1.5  # reprojection error allowed, pixels of the 96x96 view
+RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
 RANSAC_ITERATIONS = 500
 MIN_MATCHES = 6  # fewer matches than this: no transform, score 0
 MIN_INLIERS = 5  # fewer RANSAC inliers than this: no transform, score 0
 HIGHPASS_SIGMA = 1.5  # pixels of the 96x96 view
-MIN_OVERLAP = 0.15  # of the view: a smaller common area cannot be judged, score 0
+MIN_OVERLAP = 0.08  # of the view: a smaller common area cannot be judged, score 0
+_EDGE = np.ones((5, 5), np.uint8)  # the high-pass near a warped border is not texture
+
+
+class Match(NamedTuple):
+    """A verified pair: its score and, when one was found, the alignment."""
+
+    score: float
+    matrix: np.ndarray | None  # (3, 3) affine taking view b's pixels onto view a's
 
 
 class Verifier:
@@ -47,20 +58,18 @@ class Verifier:
     def __init__(self, views: np.ndarray, keypoints: Keypoints) -> None:
         self.views = np.asarray(views, np.uint8)
         self.keypoints = keypoints
-        self._fine: dict[tuple[int, bool], np.ndarray] = {}
+        self._fine: dict[int, np.ndarray] = {}
+        side = self.views.shape[-1]
+        self._mirror = np.array([[-1, 0, side - 1], [0, 1, 0], [0, 0, 1]], np.float64)
 
-    def fine(self, i: int, mirrored: bool = False) -> np.ndarray:
+    def fine(self, i: int) -> np.ndarray:
         """(S, S) float32 detail of view i: the view minus its Gaussian blur (cached)."""
-        key = (i, mirrored)
-        if key not in self._fine:  # two threads may both compute it: the same result
-            v = self.views[i][:, ::-1] if mirrored else self.views[i]
-            v = v.astype(np.float32)
-            blur = cv2.GaussianBlur(v, (0, 0), HIGHPASS_SIGMA, borderType=cv2.BORDER_REFLECT)
-            self._fine[key] = v - blur
-        return self._fine[key]
+        if i not in self._fine:  # two threads may both compute it: the same result
+            self._fine[i] = _highpass(self.views[i].astype(np.float32))
+        return self._fine[i]
 
     def transform(self, a: int, b: int, mirrored: bool) -> np.ndarray | None:
-        """(2, 3) affine taking view b (mirrored or not) onto view a, or None."""
+        """(3, 3) affine taking view b (mirrored first, or not) onto view a, or None."""
         pa, da = self.keypoints.get(a)
         pb, db = self.keypoints.get(b, mirrored)
         if len(pa) < MIN_MATCHES or len(pb) < MIN_MATCHES:
@@ -76,49 +85,83 @@ class Verifier:
         )  # fmt: skip
         if matrix is None or inliers.sum() < MIN_INLIERS:
             return None
-        return matrix
+        matrix = np.vstack([matrix, [0.0, 0.0, 1.0]])
+        return matrix @ self._mirror if mirrored else matrix
 
-    def aligned_correlation(self, a: int, b: int, mirrored: bool, matrix: np.ndarray) -> float:
-        """Correlation of the fine texture of view a and view b warped by ``matrix``."""
-        fine_a, fine_b = self.fine(a), self.fine(b, mirrored)
-        size = fine_a.shape[::-1]
-        warped = cv2.warpAffine(fine_b, matrix, size, flags=cv2.INTER_LINEAR)
-        cover = cv2.warpAffine(np.ones_like(fine_b), matrix, size, flags=cv2.INTER_LINEAR)
+    def coverage(self, a: int, b: int, matrix: np.ndarray) -> tuple[np.ndarray, float]:
+        """Where view b lands on view a under ``matrix``: (S, S) bool mask, its share."""
+        ones = np.ones(self.views.shape[1:], np.float32)
+        cover = cv2.warpAffine(ones, matrix[:2], ones.shape[::-1], flags=cv2.INTER_LINEAR)
         mask = cover > 0.99
-        if mask.sum() < MIN_OVERLAP * mask.size:
-            return 0.0
-        x, y = fine_a[mask], warped[mask]
+        return mask, float(mask.mean())
+
+    def correlation(self, a: int, b: int, matrix: np.ndarray) -> float | None:
+        """Correlation of the fine texture of views a and b aligned by ``matrix`` (b -> a);
+        None when they would share less than ``MIN_OVERLAP``: too little to judge.
+
+        Judged in the coarser of the two frames: the view whose pixels each cover more of
+        the photo receives the other, blurred first so that shrinking it does not alias.
+        """
+        shrink = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))  # b's pixel, in a's
+        if shrink > 1:  # a shows the common part smaller: judge in b's frame
+            a, b, matrix, shrink = b, a, np.linalg.inv(matrix), 1 / shrink
+        mask, share = self.coverage(a, b, matrix)
+        if share < MIN_OVERLAP:
+            return None
+        moved = self.views[b].astype(np.float32)
+        blur = 0.5 * np.sqrt(max(shrink**-2 - 1.0, 0.0))  # anti-aliasing, pixels of b
+        if blur > 0.3:
+            moved = cv2.GaussianBlur(moved, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+        moved = cv2.warpAffine(
+            moved, matrix[:2], mask.shape[::-1], flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT,
+        )  # fmt: skip
+        inside = cv2.erode(mask.astype(np.uint8), _EDGE) > 0
+        if inside.mean() < MIN_OVERLAP:
+            return None
+        x, y = self.fine(a)[inside], _highpass(moved)[inside]
         x, y = x - x.mean(), y - y.mean()
         return float(x @ y / max(float(np.linalg.norm(x) * np.linalg.norm(y)), 1e-6))
 
-    def score(self, a: int, b: int, enough: float = 1.0) -> float:
-        """The pair score of images a and b in [0, 1] (see the module doc).
+    def match(self, a: int, b: int, enough: float = 1.0) -> Match:
+        """The pair score of images a and b in [0, 1] (see the module doc), and the
+        alignment that gave it (b -> a).
 
         Tries b as seen, then mirrored unless the first already reaches ``enough``.
         """
-        a, b = min(a, b), max(a, b)  # the same number whichever way round it is asked
-        best = 0.0
+        best = Match(0.0, None)
         for mirrored in (False, True):
             matrix = self.transform(a, b, mirrored)
             if matrix is not None:
-                best = max(best, self.aligned_correlation(a, b, mirrored, matrix))
-            if best >= enough:
+                score = self.correlation(a, b, matrix)
+                if score is not None and score > best.score:
+                    best = Match(score, matrix)
+            if best.score >= enough:
                 break
         return best
 
-    def scores(self, pairs: np.ndarray, enough: float = 1.0, workers: int = 1) -> np.ndarray:
-        """(P, 2) int pairs -> (P,) float32 pair scores, in ``workers`` threads."""
+    def score(self, a: int, b: int, enough: float = 1.0) -> float:
+        """The pair score of images a and b (the same whichever way round it is asked)."""
+        return self.match(min(a, b), max(a, b), enough).score
+
+    def matches(self, pairs: np.ndarray, enough: float = 1.0, workers: int = 1) -> list[Match]:
+        """(P, 2) int pairs (a, b) -> their P matches (alignments b -> a), in threads."""
         jobs = pairs.tolist()
 
-        def run(chunk: list) -> list[float]:
-            return [self.score(a, b, enough) for a, b in chunk]
+        def run(chunk: list) -> list[Match]:
+            return [self.match(a, b, enough) for a, b in chunk]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(run, [jobs[w::workers] for w in range(workers)]))
-        out = np.zeros(len(jobs), np.float32)
+        out: list[Match] = [Match(0.0, None)] * len(jobs)
         for w, part in enumerate(parts):
             out[w::workers] = part
         return out
+
+
+def _highpass(v: np.ndarray) -> np.ndarray:
+    """(S, S) float32 minus its Gaussian blur of sigma HIGHPASS_SIGMA."""
+    return v - cv2.GaussianBlur(v, (0, 0), HIGHPASS_SIGMA, borderType=cv2.BORDER_REFLECT)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
