@@ -27,8 +27,9 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from scalpnet.data.candidates import blas_single_thread
 from scalpnet.data.fingerprints import view
-from scalpnet.data.keypoints import Keypoints, extract
+from scalpnet.data.keypoints import MIRROR, Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
@@ -68,17 +69,27 @@ class Verifier:
             self._fine[i] = _highpass(self.views[i].astype(np.float32))
         return self._fine[i]
 
-    def transform(self, a: int, b: int, mirrored: bool) -> np.ndarray | None:
-        """(3, 3) affine taking view b (mirrored first, or not) onto view a, or None."""
+    def orientations(self, a: int, b: int) -> list[tuple[bool, np.ndarray, np.ndarray]]:
+        """Ratio-test matches of view b's keypoints (as seen, and mirrored) to view a's:
+        (mirrored, b's (M, 2) positions, a's (M, 2) positions) for each orientation with at
+        least ``MIN_MATCHES``, the one with more matches first."""
         pa, da = self.keypoints.get(a)
-        pb, db = self.keypoints.get(b, mirrored)
+        pb, db = self.keypoints.get(b)
         if len(pa) < MIN_MATCHES or len(pb) < MIN_MATCHES:
-            return None
-        found = cv2.BFMatcher(cv2.NORM_L2).knnMatch(db, da, k=2)
-        good = [m[0] for m in found if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-        if len(good) < MIN_MATCHES:
-            return None
-        src, dst = pb[[m.queryIdx for m in good]], pa[[m.trainIdx for m in good]]
+            return []
+        both = np.concatenate([db, db[:, MIRROR]])  # a mirror permutes descriptor bins
+        query, train = ratio_matches(both, da)
+        found = []
+        for mirrored in (False, True):
+            rows = (query >= len(db)) == mirrored
+            if rows.sum() >= MIN_MATCHES:
+                points = self.keypoints.positions(b, mirrored)
+                found.append((mirrored, points[query[rows] % len(db)], pa[train[rows]]))
+        return sorted(found, key=lambda f: -len(f[1]))
+
+    def transform(self, src: np.ndarray, dst: np.ndarray, mirrored: bool) -> np.ndarray | None:
+        """(3, 3) affine fitted by RANSAC to matched positions, taking view b (mirrored
+        first, or not) onto view a; None with fewer than ``MIN_INLIERS`` inliers."""
         matrix, inliers = cv2.estimateAffine2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS,
             maxIters=RANSAC_ITERATIONS,
@@ -127,11 +138,12 @@ class Verifier:
         """The pair score of images a and b in [0, 1] (see the module doc), and the
         alignment that gave it (b -> a).
 
-        Tries b as seen, then mirrored unless the first already reaches ``enough``.
+        Tries the orientation of b (as seen or mirrored) with more keypoint matches
+        first, then the other unless the first already reaches ``enough``.
         """
         best = Match(0.0, None)
-        for mirrored in (False, True):
-            matrix = self.transform(a, b, mirrored)
+        for mirrored, src, dst in self.orientations(a, b):
+            matrix = self.transform(src, dst, mirrored)
             if matrix is not None:
                 score = self.correlation(a, b, matrix)
                 if score is not None and score > best.score:
@@ -151,12 +163,31 @@ class Verifier:
         def run(chunk: list) -> list[Match]:
             return [self.match(a, b, enough) for a, b in chunk]
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(run, [jobs[w::workers] for w in range(workers)]))
         out: list[Match] = [Match(0.0, None)] * len(jobs)
         for w, part in enumerate(parts):
             out[w::workers] = part
         return out
+
+
+def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowe's ratio test: (Q, 128) and (T >= 2, 128) descriptors -> indices of the queries
+    whose nearest train descriptor (L2) is clearly nearer than the second, and that nearest.
+
+    One small matrix product instead of OpenCV's brute-force matcher: the same matches
+    (checked on real photos), with no Python object per match.
+    """
+    d2 = (
+        np.einsum("ij,ij->i", query, query)[:, None]
+        + np.einsum("ij,ij->i", train, train)[None, :]
+        - 2.0 * (query @ train.T)
+    )
+    np.maximum(d2, 0.0, out=d2)
+    nearest = np.argmin(d2, axis=1)
+    first, second = np.partition(d2, 1, axis=1)[:, :2].T
+    keep = np.flatnonzero(first < RATIO * RATIO * second)
+    return keep, nearest[keep]
 
 
 def _highpass(v: np.ndarray) -> np.ndarray:
