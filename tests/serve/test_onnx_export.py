@@ -1,6 +1,7 @@
 """The run folder's ONNX models on the trained tiny run: the same Prediction as Keras on the
-real photos, int8 within the gate, the record in onnx_check.json, what auto then serves,
-the evaluation of every runtime, and the gate's arithmetic."""
+real photos, int8 close to fp32 and served only through its gate, the record in
+onnx_check.json, what auto then serves, the evaluation of every runtime, and the gate's
+arithmetic."""
 
 from __future__ import annotations
 
@@ -89,12 +90,14 @@ def test_export_run_writes_both_models_and_their_check(exported):
     assert fp32["passed"] and fp32["max_raw_diff"] <= onnx_export.FP32_TOLERANCE
     assert fp32["n"] == 200 and fp32["top1_agreement"] == 1.0  # the tiny run's test split
     assert int8["bytes"] < 0.4 * fp32["bytes"]
-    # int8 stays close to fp32 on the tiny run's test split (measured on 2026-11-29: top-1
-    # agreement 0.995, largest calibrated-probability difference 0.014).
-    assert int8["top1_agreement"] >= 0.99 and int8["max_prob_diff"] <= 0.05
-    # The third condition, decisions flipping on at most 1% of images per condition, sat
-    # exactly at its limit (2 of 200 images) and training is not bit-repeatable here, so
-    # the test checks that the gate decides by all three and that serving obeys it.
+    # int8 is a working quantisation of this model: far from a broken one (agreement near
+    # chance), but whether it is inside the serving gate varies from one training to the
+    # next, since training is not bit-repeatable here. Top-1 agreement with fp32 measured:
+    # tiny runs 0.995 (2026-11-29) and 0.975 (CI, 2026-12-02); three demo models 0.980,
+    # 0.990, 0.982 with largest calibrated differences 0.16, 0.15, 0.06: the gate refused
+    # all three. So the test checks that the gate decides by all three conditions and
+    # that serving obeys it, not that this run passes.
+    assert int8["top1_agreement"] >= 0.9 and int8["max_prob_diff"] <= 0.3, int8
     gate = (
         int8["top1_agreement"] >= 0.99
         and int8["max_prob_diff"] <= 0.05
