@@ -38,20 +38,14 @@ class Keypoints:
     descriptors: list[np.ndarray]  # N x (K, 128) float32
     size: int  # view side, pixels
 
-    def positions(self, i: int, mirrored: bool = False) -> np.ndarray:
-        """(K, 2) keypoint positions of view i, or of its mirror image."""
-        if not mirrored:
-            return self.points[i]
-        flipped = self.points[i].copy()
-        flipped[:, 0] = self.size - 0.5 - flipped[:, 0]  # where SIFT finds it on the mirror
-        return flipped
-
     def get(self, i: int, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(K, 2) positions and (K, 128) descriptors of view i, or of its mirror image."""
-        desc = self.descriptors[i]
-        if mirrored:
-            desc = np.ascontiguousarray(desc[:, MIRROR])
-        return self.positions(i, mirrored), desc
+        points, desc = self.points[i], self.descriptors[i]
+        if not mirrored:
+            return points, desc
+        flipped = points.copy()
+        flipped[:, 0] = self.size - 0.5 - flipped[:, 0]  # where SIFT finds it on the mirror
+        return flipped, np.ascontiguousarray(desc[:, MIRROR])
 
 
 def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:

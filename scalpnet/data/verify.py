@@ -29,7 +29,7 @@ import numpy as np
 
 from scalpnet.data.candidates import blas_single_thread
 from scalpnet.data.fingerprints import view
-from scalpnet.data.keypoints import MIRROR, Keypoints, extract
+from scalpnet.data.keypoints import Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
@@ -74,17 +74,16 @@ class Verifier:
         (mirrored, b's (M, 2) positions, a's (M, 2) positions) for each orientation with at
         least ``MIN_MATCHES``, the one with more matches first."""
         pa, da = self.keypoints.get(a)
-        pb, db = self.keypoints.get(b)
-        if len(pa) < MIN_MATCHES or len(pb) < MIN_MATCHES:
+        if len(pa) < MIN_MATCHES or len(self.keypoints.points[b]) < MIN_MATCHES:
             return []
-        both = np.concatenate([db, db[:, MIRROR]])  # a mirror permutes descriptor bins
-        query, train = ratio_matches(both, da)
+        sides = [self.keypoints.get(b, mirrored) for mirrored in (False, True)]
+        query, train = ratio_matches(np.concatenate([d for _, d in sides]), da)  # one product
+        k = len(sides[0][0])
         found = []
-        for mirrored in (False, True):
-            rows = (query >= len(db)) == mirrored
+        for mirrored, (points, _) in zip((False, True), sides, strict=True):
+            rows = (query >= k) == mirrored
             if rows.sum() >= MIN_MATCHES:
-                points = self.keypoints.positions(b, mirrored)
-                found.append((mirrored, points[query[rows] % len(db)], pa[train[rows]]))
+                found.append((mirrored, points[query[rows] - k * mirrored], pa[train[rows]]))
         return sorted(found, key=lambda f: -len(f[1]))
 
     def transform(self, src: np.ndarray, dst: np.ndarray, mirrored: bool) -> np.ndarray | None:
@@ -99,13 +98,6 @@ class Verifier:
         matrix = np.vstack([matrix, [0.0, 0.0, 1.0]])
         return matrix @ self._mirror if mirrored else matrix
 
-    def coverage(self, a: int, b: int, matrix: np.ndarray) -> tuple[np.ndarray, float]:
-        """Where view b lands on view a under ``matrix``: (S, S) bool mask, its share."""
-        ones = np.ones(self.views.shape[1:], np.float32)
-        cover = cv2.warpAffine(ones, matrix[:2], ones.shape[::-1], flags=cv2.INTER_LINEAR)
-        mask = cover > 0.99
-        return mask, float(mask.mean())
-
     def correlation(self, a: int, b: int, matrix: np.ndarray) -> float | None:
         """Correlation of the fine texture of views a and b aligned by ``matrix`` (b -> a);
         None when they would share less than ``MIN_OVERLAP``: too little to judge.
@@ -116,8 +108,8 @@ class Verifier:
         shrink = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))  # b's pixel, in a's
         if shrink > 1:  # a shows the common part smaller: judge in b's frame
             a, b, matrix, shrink = b, a, np.linalg.inv(matrix), 1 / shrink
-        mask, share = self.coverage(a, b, matrix)
-        if share < MIN_OVERLAP:
+        mask = _coverage(matrix, self.views.shape[1:])
+        if mask.mean() < MIN_OVERLAP:
             return None
         moved = self.views[b].astype(np.float32)
         blur = 0.5 * np.sqrt(max(shrink**-2 - 1.0, 0.0))  # anti-aliasing, pixels of b
@@ -188,6 +180,13 @@ def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
     first, second = np.partition(d2, 1, axis=1)[:, :2].T
     keep = np.flatnonzero(first < RATIO * RATIO * second)
     return keep, nearest[keep]
+
+
+def _coverage(matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(S, S) bool: the pixels of a view that another view of ``shape`` covers under
+    ``matrix`` (3, 3), the other onto this one."""
+    ones = np.ones(shape, np.float32)
+    return cv2.warpAffine(ones, matrix[:2], shape[::-1], flags=cv2.INTER_LINEAR) > 0.99
 
 
 def _highpass(v: np.ndarray) -> np.ndarray:
