@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, MutableMapping
 
 from scalpnet.import_hooks import on_import
@@ -89,3 +90,12 @@ def _import_quietly(load, module) -> None:
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_converter() -> Iterator[None]:
+    """Hide tf2onnx's NumPy deprecation (``np.object``) while ``model.export`` converts
+    to ONNX: printed on every export, nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*tf2onnx")
+        yield

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ExportError
+from scalpnet.quiet import quiet_converter
 
 FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 DEFAULT_NAMES = {"savedmodel": "savedmodel", "onnx": "model.onnx", "litert": "model.tflite"}
@@ -192,7 +193,8 @@ def export_model(
     # Also builds the model's call graph, which the ONNX exporter needs.
     expected = np.asarray(model(images, training=False))
     try:
-        model.export(os.fspath(out), format=FORMATS[fmt], verbose=False)
+        with quiet_converter():
+            model.export(os.fspath(out), format=FORMATS[fmt], verbose=False)
     except Exception as exc:
         raise ExportError(f"exporting to {fmt} failed: {type(exc).__name__}: {exc}") from None
     got = run_exported(out, fmt, images)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from scalpnet.errors import ExportError, ModelNotFoundError
 from scalpnet.files import write_json_atomic
+from scalpnet.quiet import quiet_converter
 from scalpnet.serve import runtimes
 from scalpnet.serve.fetch import file_sha256
 
@@ -74,8 +74,7 @@ def export_fp32(model, out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings():  # tf2onnx's own NumPy deprecation, nothing to act on
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*tf2onnx")
+        with quiet_converter():
             serving.export(tmp, format="onnx", verbose=False)
         os.replace(tmp, out)
     except Exception as exc:
