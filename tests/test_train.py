@@ -390,3 +390,20 @@ def test_a_full_disk_is_one_clear_message_and_the_last_checkpoint_stays_usable(r
     assert checkpoints.problem(newest, record) is None
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]  # each epoch once (0-based while training)
+
+
+def test_auto_precision_is_bfloat16_only_for_the_demo_on_a_cpu_with_bfloat16(
+    train_script, monkeypatch
+):
+    from scalpnet.learn import config as config_module
+
+    assert train_script.resolve_precision("none", demo=True) is None
+    assert train_script.resolve_precision("mixed_float16", demo=False) == "mixed_float16"
+    monkeypatch.setattr(config_module, "cpu_has_bfloat16", lambda: True)
+    assert train_script.resolve_precision("auto", demo=False) is None
+    import tensorflow as tf
+
+    expected = None if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    assert train_script.resolve_precision("auto", demo=True) == expected
+    monkeypatch.setattr(config_module, "cpu_has_bfloat16", lambda: False)
+    assert train_script.resolve_precision("auto", demo=True) is None

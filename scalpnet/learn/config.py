@@ -24,6 +24,24 @@ from scalpnet.learn import distributed
 
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 SCRATCH_BN_MOMENTUM = 0.9  # BatchNorm momentum when training from scratch
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names
+
+
+def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX; read from Linux's
+    cpuinfo, so False elsewhere). Without it TensorFlow emulates bfloat16, slower than
+    float32; with it mixed_bfloat16 trains faster (README, "The first run")."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = {
+        flag
+        for line in text.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
 
 
 @dataclass(frozen=True)

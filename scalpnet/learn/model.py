@@ -114,15 +114,26 @@ def features_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output, model.output])
 
 
+def _float32_config(config: dict) -> dict:
+    """A functional model's config with every layer computing in float32."""
+    layers = [
+        {**layer, "config": {**layer["config"], "dtype": "float32"}} for layer in config["layers"]
+    ]
+    return {**config, "layers": layers}
+
+
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     """Write ``model`` to a ``.keras`` file without optimizer state (~95 MB, not ~284 MB).
 
-    The file appears atomically: a crash mid-save leaves any previous file intact.
+    The saved model computes in float32 whatever precision it was trained in (its
+    variables are float32 either way): mixed precision is a way of training, and the
+    ONNX export and CPU inference want float32. The file appears atomically: a crash
+    mid-save leaves any previous file intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh, uncompiled twin carries the architecture and weights but no optimizer.
-    twin = keras.Model.from_config(model.get_config())
+    twin = keras.Model.from_config(_float32_config(model.get_config()))
     twin.set_weights(model.get_weights())
     with atomic_path(path) as tmp:
         twin.save(tmp)

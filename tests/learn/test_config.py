@@ -7,7 +7,14 @@ from dataclasses import replace
 import pytest
 
 from scalpnet.errors import ConfigError
-from scalpnet.learn.config import TrainConfig, check_config, fingerprint, monitor_mode, plan_phases
+from scalpnet.learn.config import (
+    TrainConfig,
+    check_config,
+    cpu_has_bfloat16,
+    fingerprint,
+    monitor_mode,
+    plan_phases,
+)
 
 
 def test_phases_for_pretrained_and_scratch_weights():
@@ -46,3 +53,21 @@ def test_fingerprint_ignores_the_run_folder_but_not_what_is_trained(tmp_path):
     assert fingerprint(replace(config, seed=1), csv) != same
     assert fingerprint(config, tmp_path / "other.csv") != same
     assert monitor_mode("val_loss") == "min" and monitor_mode("val_auc") == "max"
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+        ("fpu sse2 avx2 avx512f avx512_vnni", False),
+    ],
+)
+def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\n")
+    assert cpu_has_bfloat16(cpuinfo) is native
+
+
+def test_no_cpuinfo_means_no_bfloat16(tmp_path):
+    assert cpu_has_bfloat16(tmp_path / "missing") is False

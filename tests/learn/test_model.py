@@ -194,6 +194,22 @@ def test_mixed_precision_keeps_the_head_in_float32_and_restores_the_policy():
     assert net.predict(pixels(2), verbose=0).dtype == np.float32
 
 
+def test_a_model_trained_in_mixed_precision_is_saved_computing_in_float32(tmp_path):
+    keras.utils.set_random_seed(5)
+    mixed = model_module.build_model(SIZE, weights=None, dtype_policy="mixed_bfloat16")
+    path = model_module.save_model(mixed, tmp_path / "m.keras")
+    loaded = model_module.load_model(path)
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    for saved, trained in zip(loaded.weights, mixed.weights, strict=True):
+        np.testing.assert_array_equal(saved.numpy(), trained.numpy())
+    x = pixels(2).astype(np.float32)
+    float32_twin = model_module.build_model(SIZE, weights=None)
+    float32_twin.set_weights(mixed.get_weights())
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), float32_twin.predict(x, verbose=0), atol=1e-6
+    )
+
+
 def test_too_small_image_size_is_refused():
     with pytest.raises(ValueError, match=">= 32"):
         model_module.build_model(16, weights=None)
