@@ -136,7 +136,7 @@ _EN = {
     "build_demo_button": "Build the demo model here now",
     "build_demo_intro": (
         "Or let the app build the demo model on this computer: it runs `python train.py "
-        "--demo` in the background (about 5 minutes on a 2-core CPU), then loads it."
+        "--demo` in the background (5-8 minutes on a 2-core CPU), then loads it."
     ),
     "build_demo_running": "Building the demo model: step {index} of {steps}, {step}",
     "build_demo_left": "{percent}% of this step; about {left} left in it ({elapsed} so far)",
@@ -282,7 +282,7 @@ _KO = {
     "build_demo_button": "지금 여기서 데모 모델 만들기",
     "build_demo_intro": (
         "또는 앱이 이 컴퓨터에서 데모 모델을 직접 만들게 할 수 있습니다: 백그라운드에서 "
-        "`python train.py --demo`를 실행하고 (2코어 CPU에서 약 5분) 끝나면 불러옵니다."
+        "`python train.py --demo`를 실행하고 (2코어 CPU에서 5-8분) 끝나면 불러옵니다."
     ),
     "build_demo_running": "데모 모델을 만드는 중: {steps}단계 중 {index}단계, {step}",
     "build_demo_left": "이 단계 {percent}% 완료; 약 {left} 남음 (지금까지 {elapsed})",
