@@ -26,7 +26,7 @@ DATA = Path("data")
 DEFAULT_SIZE = 256
 # The --demo recipe (README, "Demo model"; the model card records it). Measured on the
 # 2-core VM (2026-12-02): 5 epochs in float32 reached test top-1 0.77-0.80 on three
-# seeds in 6 min of training; 4 epochs in mixed bfloat16 (--precision auto) 0.73-0.75
+# seeds in 6 min of training; 4 epochs in mixed bfloat16 (--precision auto) 0.73-0.76
 # in 4 min; at a learning rate of 2e-3 only 0.50; at 48 px 0.59. The images are drawn at
 # a few times the model's input: a tenth of the drawing time of Kaggle-sized ones.
 DEMO_PER_CLASS = 600
