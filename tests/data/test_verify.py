@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pytest
 
 from scalpnet.data import copies, verify
-from scalpnet.data.preprocess import to_model_input
+from scalpnet.data.fingerprints import view
+from scalpnet.data.keypoints import extract
+from scalpnet.data.preprocess import load_image, to_model_input
 
 
 def photo(seed: int) -> np.ndarray:
@@ -31,3 +36,55 @@ def test_every_family_of_copy_scores_above_the_default_threshold():
         assert score >= DEFAULT_THRESHOLD, (name, score)
         other_way = verify.similarity(to_model_input(copy, 256), a)
         assert abs(other_way - score) < 0.05, (name, score, other_way)
+
+
+# --------------------------------------------------------------------------- ECC refinement
+REAL_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
+
+
+def real_views(count: int) -> np.ndarray:
+    """(count, S, S) views of the first real photos (skips without the fixtures)."""
+    if not REAL_PHOTOS.is_dir():
+        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
+    paths = sorted(REAL_PHOTOS.glob("*/*.jpg"))[:count]
+    return np.stack([view(to_model_input(load_image(p), 256)) for p in paths])
+
+
+def verifier_of(views: np.ndarray) -> verify.Verifier:
+    return verify.Verifier(views, extract(views, workers=1))
+
+
+def test_refinement_recovers_an_alignment_a_few_pixels_off_on_a_real_photo():
+    photo = real_views(1)[0]
+    side = photo.shape[0]
+    # the copy: the centre of the photo zoomed 1.6x and turned by 23 degrees
+    truth = cv2.getRotationMatrix2D((side / 2, side / 2), 23, 1.6)  # photo -> copy
+    copy = cv2.warpAffine(photo, truth, (side, side), borderMode=cv2.BORDER_REFLECT)
+    v = verifier_of(np.stack([photo, copy]))
+    copy_on_photo = np.linalg.inv(np.vstack([truth, [0, 0, 1]]))
+    off = copy_on_photo @ np.array([[1.02, 0, 1.5], [0, 1.02, -1.5], [0, 0, 1]])
+    assert v.correlation(0, 1, copy_on_photo) > 0.9  # the true alignment
+    assert v.correlation(0, 1, off) < 0.6  # 1-2 px off: fine texture no longer lines up
+    refined = v.refine(0, 1, off)
+    assert v.correlation(0, 1, refined) > 0.9
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], float).T
+    assert np.abs((refined @ corners) - (copy_on_photo @ corners)).max() < 0.5  # pixels
+
+
+def test_refinement_does_not_make_different_real_photos_match():
+    views = real_views(12)
+    v = verifier_of(views)
+    for a, b in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)]:
+        for matrix in (np.eye(3), cv2.getRotationMatrix2D((48, 48), 30, 1.3)):
+            matrix = np.vstack([matrix[:2], [0, 0, 1]])
+            aligned, _ = v.aligned(a, b, matrix)
+            assert aligned is None or aligned < 0.3, (a, b, aligned)
+        assert v.score(a, b) < 0.3
+
+
+def test_a_degenerate_or_wild_transform_is_no_alignment():
+    v = verifier_of(real_views(2))
+    flat = np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0, 0, 1]])  # determinant 0
+    assert v.correlation(0, 1, flat) is None
+    assert v.correlation(0, 1, np.diag([20.0, 20.0, 1.0])) is None  # a 20x zoom
+    assert v.refine(0, 1, flat) is flat
