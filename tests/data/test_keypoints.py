@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pytest
 
-from scalpnet.data import keypoints
+from scalpnet.data import copies, keypoints
 from scalpnet.data.fingerprints import view
+from scalpnet.data.preprocess import load_image, to_model_input
 
 
 def textured(seed: int) -> np.ndarray:
@@ -36,3 +40,21 @@ def test_word_vectors_are_unit_and_see_a_copy_as_its_photo():
     np.testing.assert_allclose(np.linalg.norm(seen, axis=1), 1.0, atol=1e-5)
     to_mirror = seen[0] @ mirrored.T  # the flipped copy, seen mirrored, is the photo itself
     assert int(np.argmax(to_mirror)) == 6
+
+
+def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partners():
+    """The words' job: rotations by any angle with a zoom, which the DCT views miss."""
+    folder = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
+    if not folder.is_dir():
+        pytest.skip(f"real photo fixtures not found at {folder}")
+    paths = sorted(folder.glob("*/*.jpg"))[::4][:50]
+    photos = [to_model_input(load_image(p), 256) for p in paths]
+    rng = np.random.default_rng(0)
+    copies_of = list(range(0, 50, 5))
+    planted = [copies.plant(photos[k], rng, ("rotate", "zoom"))[0] for k in copies_of]
+    views = np.stack([view(rgb) for rgb in photos + [to_model_input(c, 256) for c in planted]])
+    seen, mirrored = keypoints.word_vectors(keypoints.extract(views, workers=1))
+    scores = np.maximum(seen @ seen.T, seen @ mirrored.T)
+    np.fill_diagonal(scores, -1)
+    found = [k in np.argsort(-scores[50 + c])[:8] for c, k in enumerate(copies_of)]
+    assert sum(found) >= 8, found  # the photo among the copy's 8 best of 59
