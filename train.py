@@ -391,17 +391,18 @@ def after_training(run_dir: Path, args: argparse.Namespace) -> None:
         flush=True,
     )
     if not args.no_export:
-        export_onnx(run_dir)
+        export_onnx(run_dir, progress=args.verbose > 0)
 
 
-def export_onnx(run_dir: Path) -> None:
+def export_onnx(run_dir: Path, progress: bool) -> None:
     """fp32 + int8 ONNX into the run folder, checked on the test split; a failure is a
     warning (the run stays servable through Keras), never the end of the run."""
     from scalpnet.errors import ScalpNetError
     from scalpnet.serve import onnx_export
 
     try:
-        print(onnx_export.summary(onnx_export.export_run(run_dir)), flush=True)
+        record = onnx_export.export_run(run_dir, progress=progress)
+        print(onnx_export.summary(record), flush=True)
     except ScalpNetError as exc:
         print(f"warning: ONNX export stopped ({exc}); the app serves what the run holds",
               file=sys.stderr, flush=True)  # fmt: skip

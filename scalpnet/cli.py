@@ -244,7 +244,7 @@ def _add_export(verbs) -> Handler:
             from scalpnet.serve import onnx_export
 
             onnx_export.require_keras_run(args.run)
-            print(onnx_export.summary(onnx_export.export_run(args.run)))
+            print(onnx_export.summary(onnx_export.export_run(args.run, progress=True)))
             return 0
         from scalpnet.serve import export
 

@@ -166,7 +166,7 @@ def test_a_running_demo_build_shows_its_progress(env, tmp_path):
     env.setenv("SCALPNET_RUNS_DIR", str(runs))
     build = runs / ".demo-build"
     build.mkdir(parents=True)
-    # A live process (this one) stands for the child; the step is the third of five.
+    # A live process (this one) stands for the child; the step is the third of six.
     (build / "build.json").write_text(json.dumps({"pid": os.getpid(), "started": 0}))
     (build / "progress.json").write_text(
         json.dumps({"step": "scratch: epoch 1/2", "done": 5, "total": 10, "left_s": 75.0})
@@ -175,7 +175,7 @@ def test_a_running_demo_build_shows_its_progress(env, tmp_path):
     assert_no_error(at)
     bars = at.get("progress")
     assert len(bars) == 1 and bars[0].proto.value == 50
-    assert "step 3 of 5, training: epoch 1/2" in bars[0].proto.text
+    assert "step 3 of 6, training: epoch 1/2" in bars[0].proto.text
     assert "about 1 min 15 s left" in all_text(at)
     assert not at.file_uploader
 

@@ -36,6 +36,7 @@ STEPS = (
     ("scratch", "training"),
     ("evaluate", "evaluating on the test split"),
     ("OOD fit", "fitting the out-of-distribution check"),
+    ("export", "exporting the ONNX models the app serves"),
 )
 # The children this process started, by build folder. Streamlit makes a new DemoBuild on
 # every rerun; asking the Popen (not only the pid) keeps a child that has just ended, but

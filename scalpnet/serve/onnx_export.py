@@ -190,8 +190,21 @@ def gate_reasons(measured: dict) -> list[str]:
     return reasons
 
 
-def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CHECK_IMAGES):
+# The export's stages and their rough share of its time (seconds on the 64-px demo model,
+# 2-core CPU): the progress bar counts these, so its time left is an estimate from the start.
+STAGE_SECONDS = {"load": 3, "fp32": 15, "check fp32": 4, "int8": 6, "check int8": 2}
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    *,
+    int8: bool = True,
+    check_images=CHECK_IMAGES,
+    progress: bool = False,
+):
     """Write model.onnx (and model.int8.onnx) into a run folder, check them, record it.
+
+    ``progress``: draw a bar (the status file, when set, is written either way).
 
     Returns:
         The record written to ``onnx_check.json``.
@@ -201,12 +214,24 @@ def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CH
             differs from Keras by more than :data:`FP32_TOLERANCE` (then nothing is kept).
         ModelNotFoundError / DatasetError: no usable model, card or dataset.
     """
+    from scalpnet.progress import Progress
+
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    stages = [k for k in STAGE_SECONDS if int8 or "int8" not in k]
+    with Progress("export", sum(STAGE_SECONDS[k] for k in stages), unit="s", show=progress) as bar:
+        record = _export(run_dir, int8, check_images, lambda k: bar.update(STAGE_SECONDS[k]))
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(run_dir / runtimes.CHECK_FILE, record)
+    return record
+
+
+def _export(run_dir: Path, int8: bool, check_images: int, done) -> dict:
+    """:func:`export_run`'s work; ``done(stage)`` after each of STAGE_SECONDS."""
     from scalpnet.judge.calibration import Calibration
     from scalpnet.judge.evaluation import THRESHOLDS_FILE, load_thresholds
     from scalpnet.learn.model import load_model
 
-    run_dir = Path(run_dir)
-    started = time.perf_counter()
     keras_rt = runtimes.KerasRuntime(load_model(run_dir / runtimes.KERAS_FILE))
     test = split_pixels(run_dir, "test", check_images)
     calibration = Calibration.load_or_identity(run_dir)
@@ -219,9 +244,12 @@ def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CH
     int8_path = run_dir / runtimes.INT8_FILE
     for stale in (fp32_path, int8_path, run_dir / runtimes.CHECK_FILE):
         stale.unlink(missing_ok=True)
+    done("load")
     export_fp32(keras_rt.model, fp32_path)
+    done("fp32")
     _, keras_probs = _outputs(keras_rt, test)
     _, fp32_probs = _outputs(runtimes.OnnxRuntime(fp32_path), test)
+    done("check fp32")
     fp32 = compare(keras_probs, fp32_probs, calibration, thresholds)
     fp32.update(sha256=file_sha256(fp32_path), bytes=fp32_path.stat().st_size)
     fp32["passed"] = fp32["max_raw_diff"] <= FP32_TOLERANCE
@@ -240,7 +268,9 @@ def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CH
     }
     if int8:
         quantize_int8(fp32_path, int8_path, split_pixels(run_dir, "val", CALIBRATION_IMAGES))
+        done("int8")
         _, int8_probs = _outputs(runtimes.OnnxRuntime(int8_path), test)
+        done("check int8")
         measured = compare(fp32_probs, int8_probs, calibration, thresholds)
         reasons = gate_reasons(measured)
         measured["vs_keras"] = compare(keras_probs, int8_probs, calibration, thresholds)
@@ -255,8 +285,6 @@ def export_run(run_dir: str | os.PathLike, *, int8: bool = True, check_images=CH
     record["served_by_default"] = (
         "onnx-int8" if record["int8"] and record["int8"]["passed"] else "onnx-fp32"
     )
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(run_dir / runtimes.CHECK_FILE, record)
     return record
 
 

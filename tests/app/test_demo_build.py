@@ -70,6 +70,7 @@ def test_demo_command(tmp_path):
 def test_step_names_in_words():
     assert step_of("scratch: epoch 2/3") == (3, "training: epoch 2/3")
     assert step_of("evaluate: predict test")[0] == 4
+    assert step_of("export") == (6, "exporting the ONNX models the app serves")
     assert step_of("something else") == (0, "something else")
 
 

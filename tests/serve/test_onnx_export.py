@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from scalpnet.judge.calibration import Calibration
+from scalpnet.progress import PROGRESS_FILE_ENV, read_status
 from scalpnet.serve import onnx_export, runtimes
 from scalpnet.serve.predictor import Predictor
 
@@ -23,9 +24,12 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic"}
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny run exported; its progress went to ``<run>/../progress.json``."""
     run = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(tiny_run, run)
-    return run, onnx_export.export_run(run)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(PROGRESS_FILE_ENV, str(run.parent / "progress.json"))
+        return run, onnx_export.export_run(run)
 
 
 def real_photos() -> list[Path]:
@@ -110,6 +114,14 @@ def test_export_run_writes_both_models_and_their_check(exported):
     predictor = Predictor.load(run)
     assert predictor.runtime.name == served
     assert (predictor.runtime_note is None) == gate
+
+
+def test_the_export_reports_its_progress_for_the_app(exported):
+    run, _ = exported
+    status = read_status(run.parent / "progress.json")
+    total = sum(onnx_export.STAGE_SECONDS.values())
+    assert status["step"] == "export" and status["done"] == status["total"] == total
+    assert status["left_s"] == 0.0
 
 
 @pytest.mark.slow
