@@ -55,10 +55,14 @@ def keep_tensorflow_warm_between_reruns() -> None:
     script_runner._clean_problem_modules = clean_problem_modules_but_keras
 
 
-@st.cache_resource(show_spinner=False)
-def load_predictor(location: str, sha256: str | None, runtime: str = "auto"):
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_predictor(location: str, sha256: str | None, runtime: str = "auto", files=()):
     """One Predictor per process, shared by all sessions (on ONNX Runtime when the run has
-    an ONNX model: no TensorFlow; else Keras), and the test metrics of its run folder."""
+    an ONNX model: no TensorFlow; else Keras), and the test metrics of its run folder.
+
+    ``files``: ``app_state.served_files_stamp`` of the run, so that an export finishing
+    later (the demo build's last step) is picked up.
+    """
     from scalpnet.serve.fetch import fetch_model
     from scalpnet.serve.predictor import Predictor
 
@@ -174,7 +178,7 @@ def demo_build_page(build: demo_build.DemoBuild, settings: app_state.Settings, t
     if not build.info_file.is_file():
         return False
     state = build.state()
-    if state.phase == "done" or (
+    if state.phase in ("done", "exporting") or (
         state.phase == "failed" and app_state.newest_complete_run(settings.runs_dir) is not None
     ):
         return False  # a failed build shows only while there is no model at all
@@ -389,12 +393,17 @@ def main() -> None:
             show_disclaimer(t)
             no_model_page(settings, t)
             return
+        files = () if "://" in source.location else app_state.served_files_stamp(source.location)
         with st.spinner(t["loading_model"]):
-            predictor, metrics = load_predictor(source.location, source.sha256, settings.runtime)
+            predictor, metrics = load_predictor(
+                source.location, source.sha256, settings.runtime, files
+            )
     except ScalpNetError as error:
         show_disclaimer(t)
         model_error_page(error, settings, t)
         return
+    if may_build and source.origin == "runs" and build.state().phase == "exporting":
+        st.sidebar.info(t["build_demo_exporting"])
     show_model(predictor, metrics, source.origin, language)
     show_disclaimer(t)
 

@@ -44,6 +44,12 @@ def app_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory) -> Path:
+    """A run folder with its fp32 model.onnx (about 40 s to export)."""
+    return write_run(tmp_path_factory.mktemp("onnx") / "runs" / "onnx-run", onnx=True)
+
+
+@pytest.fixture(scope="module")
 def reference(app_run):
     """An independent Predictor on the same run: what the app must show."""
     from scalpnet.serve.predictor import Predictor
@@ -178,6 +184,38 @@ def test_a_running_demo_build_shows_its_progress(env, tmp_path):
     assert "step 3 of 6, training: epoch 1/2" in bars[0].proto.text
     assert "about 1 min 15 s left" in all_text(at)
     assert not at.file_uploader
+
+
+def test_a_demo_build_that_is_exporting_is_served_and_then_from_onnx(
+    env, tmp_path, onnx_run, synthetic_jpeg
+):
+    """The build's last step (the ONNX export) does not keep the model from the user: the
+    run is served through Keras, and the photo after the export through ONNX Runtime."""
+    import json
+    import os
+    import shutil
+
+    env.delenv("SCALPNET_RUN")
+    runs = tmp_path / "runs"
+    run = runs / "demo-run"
+    shutil.copytree(onnx_run, run, ignore=shutil.ignore_patterns("*.onnx", "onnx_check.json"))
+    env.setenv("SCALPNET_RUNS_DIR", str(runs))
+    build = runs / ".demo-build"
+    build.mkdir()
+    (build / "build.json").write_text(json.dumps({"pid": os.getpid(), "started": 0}))
+    (build / "progress.json").write_text(json.dumps({"step": "export", "done": 3, "total": 30}))
+    at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "`keras`" in sidebar  # the run in runs/, which has no ONNX model yet
+    assert EN["build_demo_exporting"] in [m.value for m in at.sidebar.info]
+    assert len(chart_rows(at)) == 10
+    shutil.copy(onnx_run / "model.onnx", run / "model.onnx")  # the export ends
+    (build / "build.json").write_text(json.dumps({"pid": os.getpid(), "returncode": 0}))
+    at = upload(at, "scalp.jpg", synthetic_jpeg)
+    assert_no_error(at)
+    assert "`onnx-fp32`" in "\n".join(m.value for m in at.sidebar.markdown)
+    assert EN["build_demo_exporting"] not in [m.value for m in at.sidebar.info]
 
 
 def test_unloadable_model_gives_a_clear_page_not_a_traceback(env, tmp_path):
@@ -389,13 +427,13 @@ def test_gradcam_overlay(env, synthetic_jpeg):
 
 
 @pytest.mark.slow
-def test_onnx_run_is_served_by_onnx_runtime_and_named(env, tmp_path, synthetic_jpeg):
+def test_onnx_run_is_served_by_onnx_runtime_and_named(env, onnx_run, synthetic_jpeg):
     """A run folder with model.onnx is served by ONNX Runtime: the same numbers as Keras,
     the CAM overlay, and the sidebar and the reports name the runtime."""
     from scalpnet.app import state
     from scalpnet.serve.predictor import Predictor
 
-    run = write_run(tmp_path / "runs" / "onnx-run", onnx=True)
+    run = onnx_run
     env.setenv("SCALPNET_RUN", str(run))
     at = upload(new_app(), "scalp.jpg", synthetic_jpeg)
     assert_no_error(at)

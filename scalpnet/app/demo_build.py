@@ -76,7 +76,11 @@ def demo_command(app_dir: Path, runs_dir: Path, environ: Mapping[str, str]) -> l
 
 @dataclass(frozen=True)
 class BuildState:
-    """What the page shows: ``phase`` is "running", "done" or "failed"."""
+    """What the page shows: ``phase`` is "running", "exporting", "done" or "failed".
+
+    "exporting": the last step; the model is trained, evaluated and has its OOD check, so
+    the app serves it (through Keras) while its ONNX models are written.
+    """
 
     phase: str
     step: str = ""  # the current step, in words
@@ -147,7 +151,7 @@ class DemoBuild:
         index, words = step_of(str(status.get("step", "")))
         total = status.get("total") or 0
         return BuildState(
-            "running",
+            "exporting" if index == len(STEPS) else "running",
             step=words,
             step_index=index,
             fraction=min(1.0, status.get("done", 0) / total) if total else 0.0,

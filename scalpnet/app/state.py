@@ -148,6 +148,16 @@ def newest_complete_run(runs_dir: Path) -> Path | None:
     return max(complete, key=lambda d: (_created(d), d.name), default=None)
 
 
+def served_files_stamp(location: str) -> tuple:
+    """(name, mtime in ns) of each ONNX model and check file in a local run folder: part
+    of the app's model cache key, so a run whose export finishes while the app serves it
+    through Keras is served through ONNX Runtime from the next rerun on."""
+    from scalpnet.serve.runtimes import CHECK_FILE, FP32_FILE, INT8_FILE
+
+    files = [Path(location) / name for name in (FP32_FILE, INT8_FILE, CHECK_FILE)]
+    return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+
 def find_model_source(settings: Settings) -> ModelSource | None:
     """Which model to load: ``SCALPNET_RUN``, else a URL + SHA-256, else the newest run.
 

@@ -141,6 +141,9 @@ _EN = {
     "build_demo_running": "Building the demo model: step {index} of {steps}, {step}",
     "build_demo_left": "{percent}% of this step; about {left} left in it ({elapsed} so far)",
     "build_demo_failed": "Building the demo model failed. The end of its output:",
+    "build_demo_exporting": "The demo model is ready and served through Keras while its "
+    "ONNX models are exported (about a minute); the photo after that is served by ONNX "
+    "Runtime.",
     "build_demo_retry": "Try again (it continues where it stopped)",
     "build_demo_cloud": (
         "This app runs on a shared server, so it does not build a model itself: point it at "
@@ -287,6 +290,8 @@ _KO = {
     "build_demo_running": "데모 모델을 만드는 중: {steps}단계 중 {index}단계, {step}",
     "build_demo_left": "이 단계 {percent}% 완료; 약 {left} 남음 (지금까지 {elapsed})",
     "build_demo_failed": "데모 모델을 만들지 못했습니다. 출력의 마지막 부분:",
+    "build_demo_exporting": "데모 모델이 준비되어 ONNX 모델을 내보내는 동안(약 1분) Keras로 "
+    "실행됩니다. 그 다음 사진부터는 ONNX Runtime이 처리합니다.",
     "build_demo_retry": "다시 시도 (멈춘 곳에서 이어집니다)",
     "build_demo_cloud": (
         "이 앱은 공유 서버에서 실행 중이므로 모델을 직접 만들지 않습니다: "

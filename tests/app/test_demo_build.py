@@ -132,3 +132,18 @@ def test_a_child_just_reaped_but_not_yet_recorded_is_done(tmp_path, monkeypatch)
     fresh = DemoBuild(app, app / "runs")  # as a Streamlit rerun makes
     assert fresh._info()["returncode"] is None
     assert fresh.state().phase == "done"
+
+
+def test_a_build_in_its_export_step_is_servable(tmp_path):
+    import json
+    import os
+
+    build = DemoBuild(tmp_path / "app", tmp_path / "runs")
+    build.folder.mkdir(parents=True)
+    # A live process (this one) stands for the child.
+    build.info_file.write_text(json.dumps({"pid": os.getpid(), "started": 0}))
+    build.progress_file.write_text(json.dumps({"step": "OOD fit: features", "done": 1, "total": 2}))
+    assert build.state().phase == "running"
+    build.progress_file.write_text(json.dumps({"step": "export", "done": 3, "total": 30}))
+    state = build.state()
+    assert (state.phase, state.step_index) == ("exporting", len(demo_build.STEPS))
