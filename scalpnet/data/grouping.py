@@ -9,13 +9,13 @@ How images end up in one group:
 4. pairs at or above the threshold are linked, strongest first. Each image keeps the
    alignment of its view onto its group's first image (the links' transforms, chained), so
    before two groups merge, every cross pair of their first ``MERGE_CHECKS`` members is
-   judged: it **agrees** when it verifies, or when the alignment the link implies lines its
-   fine texture up (pair score at the threshold); it **cannot tell** when that alignment
-   leaves them less than ``verify.MIN_OVERLAP`` in common (two crops of different parts of
-   one photo); otherwise it **disagrees**. The groups merge when nothing disagrees or more
-   pairs agree than disagree, so a chain A~B~C of borderline links cannot join two photos
-   A and C that do not match, while two crops that share nothing can still join the photo
-   they came from;
+   judged: it **agrees** when it verifies, or when the alignment the link implies (refined
+   by ECC like any other) lines its fine texture up (pair score at the threshold); it
+   **cannot tell** when that alignment leaves them less than ``verify.MIN_OVERLAP`` in
+   common (two crops of different parts of one photo); otherwise it **disagrees**. The
+   groups merge when nothing disagrees or more pairs agree than disagree, so a chain
+   A~B~C of borderline links cannot join two photos A and C that do not match, while two
+   crops that share nothing can still join the photo they came from;
 5. sets of images with identical pixels always share a group.
 
 Each group's consistency (how many of its members agree with its anchor, the member that
