@@ -112,10 +112,13 @@ class Verifier:
         matrix = np.vstack([matrix, [0.0, 0.0, 1.0]])
         return matrix @ self._mirror if mirrored else matrix
 
-    def _frame(self, a: int, b: int, matrix: np.ndarray):
-        """The coarser of the two frames: (a, b, matrix b -> a, b's view blurred against
-        aliasing, swapped). The view whose pixels each cover more of the photo receives
-        the other."""
+    def _frame(
+        self, a: int, b: int, matrix: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray, bool]:
+        """The coarser of the two frames: (the receiving view's index, the matrix taking
+        the other view onto it, the other view as float32 blurred against aliasing,
+        whether a and b swapped). The view whose pixels each cover more of the photo
+        receives the other."""
         shrink = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))  # b's pixel, in a's
         swapped = shrink > 1
         if swapped:  # a shows the common part smaller: judge in b's frame
@@ -124,7 +127,7 @@ class Verifier:
         blur = 0.5 * np.sqrt(max(shrink**-2 - 1.0, 0.0))  # anti-aliasing, pixels of b
         if blur > 0.3:
             moved = cv2.GaussianBlur(moved, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
-        return a, b, matrix, moved, swapped
+        return a, matrix, moved, swapped
 
     def refine(self, a: int, b: int, matrix: np.ndarray) -> np.ndarray:
         """(3, 3) affine b -> a refined by ECC from ``matrix``: the alignment maximising
@@ -132,7 +135,7 @@ class Verifier:
         ``matrix`` is no plausible alignment)."""
         if not _plausible(matrix[:2]):
             return matrix
-        a, _, inside_matrix, moved, swapped = self._frame(a, b, matrix)
+        a, inside_matrix, moved, swapped = self._frame(a, b, matrix)
         warp = np.linalg.inv(inside_matrix)[:2].astype(np.float32)  # a's pixels -> b's
         criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, ECC_EPSILON)
         try:
@@ -156,7 +159,7 @@ class Verifier:
         """
         if not _plausible(matrix[:2]):
             return None
-        a, _, matrix, moved, _ = self._frame(a, b, matrix)
+        a, matrix, moved, _ = self._frame(a, b, matrix)
         mask = _coverage(matrix, self.views.shape[1:])
         if mask.mean() < MIN_OVERLAP:
             return None
@@ -190,7 +193,9 @@ class Verifier:
                 break
         return best
 
-    def aligned(self, a: int, b: int, matrix: np.ndarray, enough: float = 1.0):
+    def aligned(
+        self, a: int, b: int, matrix: np.ndarray, enough: float = 1.0
+    ) -> tuple[float | None, np.ndarray]:
         """(correlation or None, alignment) of views a and b under ``matrix`` (b -> a),
         refined (:meth:`refine`) when it scores from ``REFINE_FROM`` up to ``enough``."""
         score = self.correlation(a, b, matrix)
