@@ -16,9 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +75,45 @@ def export_fp32(model, out: Path) -> Path:
     serving = runtimes.serving_model(model)
     size = int(model.input_shape[1])
     serving(np.zeros((1, size, size, 3), np.float32), training=False)  # the exporter needs a call
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    try:
-        with quiet_converter():
-            serving.export(tmp, format="onnx", verbose=False)
-        os.replace(tmp, out)
-    except Exception as exc:
-        raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as scratch:
+        staged = Path(scratch) / out.name
+        try:
+            with quiet_converter(), collecting_cycles():
+                serving.export(os.fspath(staged), format="onnx", verbose=False)
+        except Exception as exc:
+            raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
+        os.replace(staged, out)
     return out
+
+
+@contextlib.contextmanager
+def collecting_cycles(every_s: float = 0.2) -> Iterator[None]:
+    """Collect garbage reference cycles every ``every_s`` seconds while the body runs.
+
+    tf2onnx deep-copies its whole graph, weights included (94 MB for ResNet50), before
+    each of its optimisers, and drops the old copy as a reference cycle. With TensorFlow
+    loaded, Python's full collections are rare (they wait for new long-lived objects to
+    reach a quarter of the ~420,000 already there), so the copies piled up: the export of
+    the 64 px demo model peaked at 7.2 GiB. The objects that exist before the export are
+    frozen (``gc.freeze``), so each collection only walks the export's own objects (about
+    10 ms). Measured on the same model: peak 2.7 GiB, and 8 s instead of 22 s.
+    """
+    gc.collect()
+    gc.freeze()
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.wait(every_s):
+            gc.collect()
+
+    collector = threading.Thread(target=collect, name="collect-cycles", daemon=True)
+    collector.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        collector.join()
+        gc.unfreeze()
 
 
 def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
