@@ -96,7 +96,10 @@ def test_demo_data_is_written_once_per_recipe(train_script, tmp_path):
 def test_the_demo_recipe_goes_into_the_config_and_the_card(train_script, tmp_path):
     args = train_script.build_parser().parse_args(["--demo"])
     config = train_script.train_config(args, train_script.DEMO_SIZE, tmp_path / "run")
-    assert (config.image_size, config.batch_size) == (train_script.DEMO_SIZE, 32)
+    assert (config.image_size, config.batch_size) == (
+        train_script.DEMO_SIZE,
+        train_script.DEMO_BATCH,
+    )
     assert (config.head_epochs, config.finetune_epochs) == train_script.DEMO_EPOCHS
     assert config.head_lr == train_script.DEMO_LR and config.weights == "none" and config.demo
     (tmp_path / "run").mkdir()
