@@ -125,7 +125,7 @@ def release_freed_memory() -> None:
     """
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError, TypeError):  # not glibc (Windows: no CDLL(None))
         return
     trim(0)
 
