@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ExportError, ModelNotFoundError
-from scalpnet.files import write_json_atomic
+from scalpnet.files import atomic_path, write_json_atomic
 from scalpnet.quiet import quiet_converter
 from scalpnet.serve import runtimes
 from scalpnet.serve.fetch import file_sha256
@@ -75,14 +75,11 @@ def export_fp32(model, out: Path) -> Path:
     serving = runtimes.serving_model(model)
     size = int(model.input_shape[1])
     serving(np.zeros((1, size, size, 3), np.float32), training=False)  # the exporter needs a call
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as scratch:
-        staged = Path(scratch) / out.name
-        try:
-            with quiet_converter(), collecting_cycles():
-                serving.export(os.fspath(staged), format="onnx", verbose=False)
-        except Exception as exc:
-            raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
-        os.replace(staged, out)
+    try:
+        with atomic_path(out) as staged, quiet_converter(), collecting_cycles():
+            serving.export(os.fspath(staged), format="onnx", verbose=False)
+    except Exception as exc:
+        raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
     return out
 
 
@@ -143,9 +140,8 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
 
     session = ort.InferenceSession(os.fspath(fp32), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch, atomic_path(out) as staged:
         prepared = Path(scratch) / "prepared.onnx"
-        staged = Path(scratch) / out.name
         try:
             # skip_symbolic_shape: the symbolic pass needs sympy and adds nothing here.
             quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=True)
@@ -161,7 +157,6 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
             )
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from None
-        os.replace(staged, out)
     return out
 
 
