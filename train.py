@@ -32,7 +32,7 @@ DEFAULT_SIZE = 256
 # rate of 2e-3 only 0.50; at 48 px 0.59. The images are drawn at a few times the model's
 # input: a tenth of the drawing time of Kaggle-sized ones.
 DEMO_PER_CLASS = 600
-DEMO_SIDES = (160, 240)  # synthetic.write_dataset(sides=...): the drawn photos' longer side
+DEMO_SIDES = (160, 240)  # synthetic_dataset.write_dataset(sides=...): the drawn photos' longer side
 DEMO_SIZE = 64
 DEMO_EPOCHS = (0, 4)
 DEMO_BATCH = 64
@@ -258,7 +258,7 @@ def make_demo_data(folder: Path, per_class: int, sides: tuple[int, int]) -> Path
     """The synthetic raw dataset for --demo: written once, rewritten for another recipe."""
     import json
 
-    from scalpnet.data import synthetic
+    from scalpnet.data import synthetic_dataset
     from scalpnet.files import write_json_atomic
 
     recipe = {"per_class": per_class, "sides": list(sides), "seed": 0}
@@ -267,10 +267,10 @@ def make_demo_data(folder: Path, per_class: int, sides: tuple[int, int]) -> Path
     if found != recipe:
         what = "writing" if found is None else f"rewriting ({found} there, not {recipe})"
         print(f"{what} the synthetic demo dataset in {folder} ...", flush=True)
-        result = synthetic.write_dataset(
+        result = synthetic_dataset.write_dataset(
             folder, per_class=per_class, seed=0, sides=tuple(sides), progress=True
         )
-        print(synthetic.summary(result), flush=True)
+        print(synthetic_dataset.summary(result), flush=True)
         write_json_atomic(stamp, recipe)
     return folder
 

@@ -10,7 +10,7 @@ logical devices (the way the tests simulate several GPUs) and the ScalpNet model
   - ``mirrored, fit``: ``MirroredStrategy`` over the logical devices, synchronised
     BatchNorm, Keras ``fit`` (what ``--strategy mirrored`` runs);
   - ``mirrored, custom loop``: the same strategy driven by the steps of
-    ``distributed.custom_fit`` (the ``strategy.run`` loop that ``--strategy multiworker``
+    ``distributed_loop.custom_fit`` (the ``strategy.run`` loop that ``--strategy multiworker``
     runs), for its overhead against ``fit``.
 Logical CPU devices share the same cores, so they cannot be faster: the ratio shows the
 cost of the replication (per-replica graphs, all-reduces), not a speed-up.
@@ -60,7 +60,7 @@ class _Row:
         import tensorflow as tf
 
         from scalpnet.learn import config as config_module
-        from scalpnet.learn import distributed, training
+        from scalpnet.learn import distributed, distributed_loop, training
         from scalpnet.learn.model import build_model
 
         self.steps, self.batch, self.loop = args.steps, batch, loop
@@ -77,8 +77,8 @@ class _Row:
         self.model = model
         self.data = _data(tf, args.image_size, batch)
         if loop == "custom":
-            # What distributed.custom_fit runs for each epoch, without its callbacks.
-            self.run = distributed._Steps(model, strategy, training.make_metrics, jit)
+            # What distributed_loop.custom_fit runs for each epoch, without its callbacks.
+            self.run = distributed_loop._Steps(model, strategy, training.make_metrics, jit)
             self.iterator = iter(strategy.experimental_distribute_dataset(self.data))
         self.timer = _step_timer()
         self.seconds: list[float] = []

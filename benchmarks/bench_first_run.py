@@ -219,14 +219,14 @@ def run_previous() -> dict:
 def drawing_cost(n: int = 100) -> None:
     """CPU ms per synthetic JPEG (drawn, encoded, written) at the old and the demo sides."""
     import train
-    from scalpnet.data import synthetic
+    from scalpnet.data import synthetic_dataset
 
     seqs = np.random.SeedSequence(0).spawn(n)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sides in (("previous", synthetic.SIDE_RANGE), ("demo", train.DEMO_SIDES)):
+        for name, sides in (("previous", synthetic_dataset.SIDE_RANGE), ("demo", train.DEMO_SIDES)):
             cpu, wall = time.process_time(), time.perf_counter()
             for i, seq in enumerate(seqs):
-                synthetic._write_one(Path(tmp) / f"{i}.jpg", i % 10, seq, sides)
+                synthetic_dataset._write_one(Path(tmp) / f"{i}.jpg", i % 10, seq, sides)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             print(f"{name:<9} sides {sides}: {1000 * cpu / n:6.1f} ms CPU per image, "
                   f"{1000 * wall / n:6.1f} ms wall (one thread)")  # fmt: skip

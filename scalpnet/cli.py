@@ -86,11 +86,12 @@ def _add_synth(verbs) -> Handler:
     p.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:
-        from scalpnet.data import synthetic
+        from scalpnet.data import synthetic_dataset
 
         if args.per_class < 1:
             raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
-        print(synthetic.summary(synthetic.write_dataset(args.out, args.per_class, args.seed)))
+        result = synthetic_dataset.write_dataset(args.out, args.per_class, args.seed)
+        print(synthetic_dataset.summary(result))
         return 0
 
     return run

@@ -37,12 +37,12 @@ TINY_RUN = {
 
 
 def train_tiny_run(root: Path) -> Path:
-    """synthetic.write_dataset -> prepare -> train into ``root/run``; returns the run folder."""
-    from scalpnet.data import prepare, synthetic
+    """synthetic_dataset.write_dataset -> prepare -> train into ``root/run`` (returned)."""
+    from scalpnet.data import prepare, synthetic_dataset
     from scalpnet.learn.config import TrainConfig
     from scalpnet.learn.training import train
 
-    synthetic.write_dataset(root / "synthetic", per_class=TINY_RUN["per_class"], seed=0)
+    synthetic_dataset.write_dataset(root / "synthetic", per_class=TINY_RUN["per_class"], seed=0)
     prepared = prepare.prepare_dataset(
         prepare.PrepareConfig(
             data=root / "synthetic", out=root / "processed", image_size=TINY_RUN["image_size"]

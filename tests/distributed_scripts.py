@@ -1,4 +1,4 @@
-"""Subprocess entry points for tests/learn/test_distributed.py (device set-up precedes TF start).
+"""Subprocess entry points for tests/learn/test_distributed*.py (device set-up precedes TF start).
 
     python tests/distributed_scripts.py parity-train OUT_DIR
     python tests/distributed_scripts.py predict OUT_DIR
@@ -12,7 +12,7 @@ and predictions. predict: a fresh single-device process reloads them and predict
 evaluate-run: a fresh single-device process evaluates a run folder's model.keras on the
 validation split of its labels.csv (RUN_DIR-reloaded.json beside the run folder).
 tiny-worker: one MultiWorkerMirroredStrategy worker (TF_CONFIG from the environment)
-training a tiny BatchNorm network with distributed.custom_fit and the resume callbacks;
+training a tiny BatchNorm network with distributed_loop.custom_fit and the resume callbacks;
 the chief kills itself with SIGKILL right after saving the backup of CRASH_AFTER_EPOCH
 (-1: never).
 """
@@ -114,7 +114,7 @@ def evaluate_run(run: Path) -> None:
 
 
 def tiny_worker(out: Path, epochs: int, crash_after: int) -> None:
-    from scalpnet.learn import distributed
+    from scalpnet.learn import distributed, distributed_loop
 
     strategy = distributed.make_strategy("multiworker")
     import keras
@@ -145,7 +145,7 @@ def tiny_worker(out: Path, epochs: int, crash_after: int) -> None:
         Crash(),  # after the backup: the state of that epoch is saved
     ]
     metrics = lambda: [keras.metrics.BinaryAccuracy(name="binary_accuracy")]  # noqa: E731
-    distributed.custom_fit(
+    distributed_loop.custom_fit(
         model,
         data,
         strategy=strategy,
@@ -155,7 +155,7 @@ def tiny_worker(out: Path, epochs: int, crash_after: int) -> None:
         callbacks=callbacks,
         verbose=0,
     )
-    result = distributed.evaluate(model, data, strategy=strategy, make_metrics=metrics)
+    result = distributed_loop.evaluate(model, data, strategy=strategy, make_metrics=metrics)
     batchnorm = next(x for x in model.layers if isinstance(x, keras.layers.BatchNormalization))
     summary = {
         "chief": chief,

@@ -74,9 +74,9 @@ def test_only_temps_of_ended_writers_are_leftovers(tmp_path):
 
 
 def test_prepare_keeps_another_writers_temp(tmp_path):
-    from scalpnet.data import prepare, synthetic
+    from scalpnet.data import prepare, synthetic_dataset
 
-    synthetic.write_dataset(tmp_path / "raw", per_class=2, seed=0, sides=(64, 96))
+    synthetic_dataset.write_dataset(tmp_path / "raw", per_class=2, seed=0, sides=(64, 96))
     config = prepare.PrepareConfig(data=tmp_path / "raw", out=tmp_path / "out", image_size=32)
     prepare.prepare_dataset(config, progress=False)
     # As a live writer names it (this process, another thread: temp_path of this thread

@@ -143,9 +143,9 @@ def kill_when(process: subprocess.Popen, ready, log: Path) -> None:
 @pytest.mark.slow
 def test_killed_in_either_phase_the_same_command_resumes_and_finishes(tmp_path):
     """SIGKILL during the head phase, then during fine-tuning; the same command finishes."""
-    from scalpnet.data import synthetic
+    from scalpnet.data import synthetic_dataset
 
-    synthetic.write_dataset(tmp_path / "raw", per_class=10, seed=1)
+    synthetic_dataset.write_dataset(tmp_path / "raw", per_class=10, seed=1)
     # A local weights file stands in for ImageNet, so the run has both phases.
     keras.utils.set_random_seed(0)
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -222,10 +222,10 @@ def fault_args(root: Path, run: Path) -> list[str]:
 def killed_run(tmp_path_factory) -> Path:
     """The root of a run folder ``run`` whose train.py was SIGKILLed while writing the
     backup after epoch 3: backups after epochs 1 and 2 are complete."""
-    from scalpnet.data import synthetic
+    from scalpnet.data import synthetic_dataset
 
     root = tmp_path_factory.mktemp("killed")
-    synthetic.write_dataset(root / "raw", per_class=8, seed=0)
+    synthetic_dataset.write_dataset(root / "raw", per_class=8, seed=0)
     log = root / "killed.log"
     process = start_train_py(
         fault_args(root, root / "run"),

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from scalpnet import labels as labels_module
 from scalpnet.data import dataset as data_module
-from scalpnet.learn import checkpoints, distributed, resume, run_folder
+from scalpnet.learn import checkpoints, distributed, distributed_loop, resume, run_folder
 from scalpnet.learn.config import (
     SCRATCH_BN_MOMENTUM,
     Phase,
@@ -217,11 +217,11 @@ def fit_phase(
     ``train_data`` is the endless training stream of :func:`scalpnet.data.dataset.make_dataset`
     and ``steps`` its batches per epoch. This is the one place that iterates over
     batches; under MultiWorkerMirroredStrategy, where Keras's ``fit`` fails,
-    :func:`scalpnet.learn.distributed.custom_fit` runs the same epochs with the same callbacks.
+    :func:`scalpnet.learn.distributed_loop.custom_fit` runs the same epochs with the same callbacks.
     """
     model._initial_epoch = None  # the first epoch is ``start``, never Keras's own restore
     if distributed.is_multiworker(strategy):
-        distributed.custom_fit(
+        distributed_loop.custom_fit(
             model,
             train_data,
             steps_per_epoch=steps,
@@ -452,7 +452,7 @@ def _finish(
     with scope():
         model.compile(loss=keras.losses.BinaryCrossentropy(), metrics=make_metrics())
     if distributed.is_multiworker(strategy):
-        raw = distributed.evaluate(
+        raw = distributed_loop.evaluate(
             model, val_data, strategy=strategy, make_metrics=make_metrics, final_check=10**9
         )
     else:

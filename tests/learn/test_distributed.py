@@ -1,19 +1,12 @@
-"""tf.distribute training: strategies, BatchNorm parity, the multi-worker loop, train.py.
+"""tf.distribute training: strategies, BatchNorm parity, train.py under each strategy.
 
-Every strategy test runs in subprocesses: splitting the CPU into logical devices and
-MultiWorkerMirroredStrategy's collectives must be set up before TensorFlow starts, and
-a fresh process is the honest place to reload a saved model. Multi-worker tests start
-two worker processes on 127.0.0.1 with their own TF_CONFIG and free ports, bounded by
-timeouts, and always kill them at the end.
+Every strategy test runs in subprocesses (see ``worker_cluster.py``); the custom loop's
+own tests are in test_distributed_loop.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,125 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_cluster import REPEATABLE, REPO, SCRIPTS, child_env, run_child
 
 from scalpnet.errors import ConfigError
 from scalpnet.files import FAULT_ENV
 from scalpnet.learn import distributed
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "tests" / "distributed_scripts.py"
 PARITY_TOLERANCE = 1e-5
-# oneDNN's multi-threaded kernels are not bit-repeatable on a busy machine (two runs of
-# the same training differed by 1.1e-3 relative in val_loss, FACTS.md). Processes whose
-# numbers are compared run with oneDNN off and one thread per op (Eigen's kernels are then
-# repeatable); the replicas still run side by side on TensorFlow's inter-op threads.
-REPEATABLE = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-# --------------------------------------------------------------------------- helpers
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    env.pop("TF_CONFIG", None)
-    env.pop(FAULT_ENV, None)
-    env.update(extra)
-    return env
-
-
-def _run(args: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class Cluster:
-    """Worker processes on 127.0.0.1, one TF_CONFIG each; ``stop()`` always kills them."""
-
-    def __init__(self, tmp: Path, n: int = 2):
-        self.tmp = tmp
-        self.hosts = [f"127.0.0.1:{p}" for p in _free_ports(n)]
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
-
-    def worker_tmp(self, index: int) -> Path:
-        """The TMPDIR of worker ``index`` (where a non-chief keeps its run copy)."""
-        return self.tmp / f"tmp-worker{index}"
-
-    def start(
-        self, args: list[str], tag: str, env: dict[int, dict[str, str]] | None = None
-    ) -> None:
-        """Start every worker; ``env``: extra variables by worker index."""
-        self.procs, self.logs = [], []
-        for index in range(len(self.hosts)):
-            tf_config = {
-                "cluster": {"worker": self.hosts},
-                "task": {"type": "worker", "index": index},
-            }
-            self.worker_tmp(index).mkdir(parents=True, exist_ok=True)
-            log = self.tmp / f"{tag}-worker{index}.log"
-            self.logs.append(log)
-            with log.open("w") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, *args],
-                        cwd=REPO,
-                        env=_env(
-                            TF_CONFIG=json.dumps(tf_config),
-                            TMPDIR=str(self.worker_tmp(index)),
-                            **(env or {}).get(index, {}),
-                        ),
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-
-    def wait(self, timeout: float) -> list[int]:
-        deadline = time.monotonic() + timeout
-        codes = []
-        for proc in self.procs:
-            try:
-                codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                self.stop()
-                pytest.fail(f"workers still running after {timeout} s:\n{self.tail()}")
-        return codes
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-
-    def tail(self, chars: int = 2500) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-chars:]}" for log in self.logs)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 # --------------------------------------------------------------------------- units
@@ -240,8 +121,8 @@ def test_mirrored_batchnorm_parity_after_reload(tmp_path):
     The control (BatchNorm not synchronised) shows the check can fail: its second
     replica's moving statistics drift from the first's and the saved copy disagrees.
     """
-    _run([str(SCRIPTS), "parity-train", str(tmp_path)], timeout=600, **REPEATABLE)
-    _run([str(SCRIPTS), "predict", str(tmp_path)], timeout=600, **REPEATABLE)
+    run_child([str(SCRIPTS), "parity-train", str(tmp_path)], timeout=600, **REPEATABLE)
+    run_child([str(SCRIPTS), "predict", str(tmp_path)], timeout=600, **REPEATABLE)
     inside = np.load(tmp_path / "scalpnet-inside.npy")  # (8, 10), rows 4-7 from replica 1
     reloaded = np.load(tmp_path / "scalpnet-reloaded.npy")
     assert inside.shape == reloaded.shape == (8, 10)
@@ -252,71 +133,6 @@ def test_mirrored_batchnorm_parity_after_reload(tmp_path):
     control_reloaded = np.load(tmp_path / "control-reloaded.npy")
     assert np.abs(control_inside[:4] - control_reloaded[:4]).max() <= PARITY_TOLERANCE
     assert np.abs(control_inside[4:] - control_reloaded[4:]).max() > 100 * PARITY_TOLERANCE
-
-
-# --------------------------------------------------------------------------- custom loop
-def _tiny(cluster: Cluster, out: Path, epochs: int, crash_after: int, tag: str) -> None:
-    args = [str(SCRIPTS), "tiny-worker", str(out), str(epochs), str(crash_after)]
-    cluster.start(args, tag, env={0: REPEATABLE, 1: REPEATABLE})
-
-
-@pytest.mark.slow
-def test_multiworker_custom_loop_resumes_after_a_kill(cluster, tmp_path):
-    """Two workers train a tiny BatchNorm net with custom_fit; the chief is SIGKILLed right
-    after its epoch-2 backup, both restart, resume at epoch 3 and end exactly where an
-    uninterrupted run ends. Workers agree; the non-chief wrote only to its own TMPDIR.
-    Workers whose checkpoints disagree fail fast with a clear error."""
-    epochs = 4
-    straight = tmp_path / "straight"
-    _tiny(cluster, straight, epochs, -1, "straight")
-    assert cluster.wait(600) == [0, 0], cluster.tail()
-
-    resumed = tmp_path / "resumed"
-    _tiny(cluster, resumed, epochs, 1, "crash")
-    chief = cluster.procs[0]
-    try:
-        chief.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the chief did not crash as planned:\n{cluster.tail()}")
-    assert chief.returncode == -signal.SIGKILL
-    cluster.stop()  # the other worker waits for its dead peer: kill it too
-    history = (resumed / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]
-
-    _tiny(cluster, resumed, epochs, -1, "restart")
-    assert cluster.wait(600) == [0, 0], cluster.tail()
-    restart_log = cluster.logs[0].read_text()
-    rows = (resumed / "history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"], restart_log
-
-    a = json.loads((straight / "summary-chief.json").read_text())
-    b = json.loads((resumed / "summary-chief.json").read_text())
-    w = json.loads((resumed / "summary-worker.json").read_text())
-    # Both workers hold the same model (BatchNorm statistics included) and metrics.
-    assert w["val"] == pytest.approx(b["val"], abs=1e-6)
-    np.testing.assert_allclose(w["moving_mean"], b["moving_mean"], atol=1e-6)
-    # Resuming from the backup reproduces the uninterrupted run.
-    assert b["val"] == pytest.approx(a["val"], abs=1e-5)
-    for x, y in zip(a["weights"], b["weights"], strict=True):
-        np.testing.assert_allclose(np.array(x), np.array(y), atol=1e-5)
-    # Workers that would resume from different epochs stop at once with a clear error
-    # (instead of waiting for each other forever): the chief loses its backup.
-    for leftover in (straight / "backup").iterdir():
-        leftover.unlink()
-    _tiny(cluster, straight, epochs + 1, -1, "disagree")
-    assert 0 not in cluster.wait(600)
-    for log in cluster.logs:
-        assert "RunFolderError: the workers disagree on the phase and epoch" in log.read_text()
-
-    # The non-chief's files are in its own TMPDIR, not next to the chief's.
-    assert Path(w["run_dir"]).is_relative_to(cluster.worker_tmp(1))
-    assert (Path(w["run_dir"]) / "history.csv").is_file()
-    assert sorted(p.name for p in resumed.iterdir()) == [
-        "backup",
-        "history.csv",
-        "summary-chief.json",
-        "summary-worker.json",
-    ]
 
 
 # --------------------------------------------------------------------------- train.py
@@ -339,10 +155,10 @@ RUN_FILES |= {"metrics.json", "report.md", "thresholds.json", "calibration.json"
 def raw_data(tmp_path_factory) -> tuple[Path, Path]:
     """Synthetic Kaggle-layout images (6 train, 1 val, 1 test per condition) and a
     processed folder prepared once, so concurrent workers only re-check it."""
-    from scalpnet.data import prepare, synthetic
+    from scalpnet.data import prepare, synthetic_dataset
 
     root = tmp_path_factory.mktemp("dist_data")
-    synthetic.write_dataset(root / "raw", per_class=8, seed=0)
+    synthetic_dataset.write_dataset(root / "raw", per_class=8, seed=0)
     prepare.prepare_dataset(
         prepare.PrepareConfig(data=root / "raw", out=root / "processed", image_size=SIZE),
         progress=False,
@@ -366,7 +182,7 @@ def _assert_parity(run: Path) -> None:
     """The card's validation loss (computed by the trained model inside the strategy,
     every batch split across the replicas) equals the reloaded model's, in a fresh
     single-device process."""
-    _run([str(SCRIPTS), "evaluate-run", str(run)], timeout=600, **REPEATABLE)
+    run_child([str(SCRIPTS), "evaluate-run", str(run)], timeout=600, **REPEATABLE)
     reloaded = json.loads((run.parent / f"{run.name}-reloaded.json").read_text())
     card = json.loads((run / "model_card.json").read_text())
     assert abs(reloaded["loss"] - card["val_metrics"]["loss"]) <= PARITY_TOLERANCE, (
@@ -383,7 +199,7 @@ def _run_at_once(commands: dict[str, list[str]], logs: Path, timeout: float, **e
     for name, args in commands.items():
         with (logs / f"{name}.log").open("w") as log:
             procs[name] = subprocess.Popen(
-                [sys.executable, *args], cwd=REPO, env=_env(**env), stdout=log, stderr=log
+                [sys.executable, *args], cwd=REPO, env=child_env(**env), stdout=log, stderr=log
             )
     try:
         for name, proc in procs.items():
