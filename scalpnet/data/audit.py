@@ -142,8 +142,9 @@ def _build_report(result: AuditResult, config: AuditConfig) -> dict:
         "threshold": config.threshold,
         "neighbours": config.neighbours,
         "method": "candidates: low-frequency DCT views of 32x32 grey thumbnails under 8 "
-        "rotations/flips, then a template correlation; pair score: SIFT matches on 96x96 "
-        "views, one RANSAC affine transform, correlation of the aligned fine texture; groups: "
+        "rotations/flips, plus SIFT visual words; pair score: SIFT matches on 96x96 views "
+        "that agree on one pose, one RANSAC affine transform (refined by ECC), correlation "
+        "of the aligned fine texture; groups: "
         "links at the threshold, strongest first, two groups merged only when most cross "
         "pairs of their first members match too",
         "groups": {

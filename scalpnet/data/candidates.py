@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,31 +159,29 @@ def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-block, k - 1, axis=1)[:, :k]
 
 
-def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 512) -> np.ndarray:
-    """(P, 2) unique pairs i < j: each image with its ``neighbours`` best coarse partners.
+def _symmetric_top(
+    scores: Callable[[tuple[int, int], tuple[int, int]], np.ndarray],
+    n: int,
+    neighbours: int,
+    workers: int,
+    block: int,
+) -> np.ndarray:
+    """(P, 2) unique pairs i < j: each of n items with its ``neighbours`` best partners
+    under a symmetric score.
 
-    The coarse score is symmetric, so only the blocks on and above the diagonal are
-    computed (block x N floats at a time); each block updates both its rows' and its
-    columns' running top-k.
+    Only the blocks on and above the diagonal are computed (``block`` x n floats at a
+    time, the columns split between ``workers`` threads); each block updates both its
+    rows' and its columns' running top-k.
+
+    Args:
+        scores: ((row start, stop), (column start, stop)) -> the (rows, columns) block
+            of scores.
     """
-    n = len(f.maps)
     k = min(neighbours, n - 1)
     if k < 1:
         return np.zeros((0, 2), np.int64)
-    queries = np.ascontiguousarray(f.coarse[:, :, 0])  # (N, 3, D) each image as it is
-    base = np.ascontiguousarray(f.coarse.transpose(1, 2, 3, 0))  # (3, 8, D, N) all turns
     top_s = np.full((n, k), -np.inf, np.float32)
     top_i = np.full((n, k), -1, np.int64)
-
-    def scores(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        (start, stop), (c0, c1) = rows, cols
-        best = np.full((stop - start, c1 - c0), -np.inf, np.float32)
-        for qv, bv in COARSE_COMBINATIONS:
-            q = queries[start:stop, qv]
-            for d in range(8):
-                np.maximum(best, q @ base[bv, d, :, c0:c1], out=best)
-        return best
-
     with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, block):
             stop = min(n, start + block)
@@ -198,7 +197,7 @@ def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 51
                 np.take_along_axis(best, cols, 1),
                 cols + start,
             )
-            if stop < n:  # the same scores, seen from the later images
+            if stop < n:  # the same scores, seen from the later items
                 below = np.ascontiguousarray(best[:, stop - start :].T)  # (N - stop, B)
                 rows_of = _top_rows(below, k)
                 found = np.take_along_axis(below, rows_of, 1)
@@ -210,6 +209,23 @@ def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 51
     return np.unique(np.sort(pairs, axis=1), axis=0)
 
 
+def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 512) -> np.ndarray:
+    """(P, 2) unique pairs i < j: each image with its ``neighbours`` best coarse partners."""
+    queries = np.ascontiguousarray(f.coarse[:, :, 0])  # (N, 3, D) each image as it is
+    base = np.ascontiguousarray(f.coarse.transpose(1, 2, 3, 0))  # (3, 8, D, N) all turns
+
+    def scores(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        (start, stop), (c0, c1) = rows, cols
+        best = np.full((stop - start, c1 - c0), -np.inf, np.float32)
+        for qv, bv in COARSE_COMBINATIONS:
+            q = queries[start:stop, qv]
+            for d in range(8):
+                np.maximum(best, q @ base[bv, d, :, c0:c1], out=best)
+        return best
+
+    return _symmetric_top(scores, len(f.maps), neighbours, workers, block)
+
+
 def word_pairs(
     seen: np.ndarray, mirrored: np.ndarray, neighbours: int, workers: int = 1, block: int = 512
 ) -> np.ndarray:
@@ -217,23 +233,15 @@ def word_pairs(
 
     Args:
         seen, mirrored: (N, W) unit visual-word vectors (``keypoints.word_vectors``); the
-            score of i and j is the better of j as seen and j mirrored.
+            score of i and j is the better of j as seen and j mirrored. It is symmetric:
+            the vocabulary is closed under mirroring, so i as seen against j mirrored is
+            i mirrored against j as seen.
     """
-    n = len(seen)
-    k = min(neighbours, n - 1)
-    if k < 1:
-        return np.zeros((0, 2), np.int64)
-    both = np.ascontiguousarray(np.concatenate([seen, mirrored]).T)  # (W, 2N)
+    seen_t, mirrored_t = np.ascontiguousarray(seen.T), np.ascontiguousarray(mirrored.T)
 
-    def rows(span: tuple[int, int]) -> np.ndarray:
-        start, stop = span
-        scores = seen[start:stop] @ both  # (B, 2N)
-        best = np.maximum(scores[:, :n], scores[:, n:])
-        best[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
-        return _top_rows(best, k)
+    def scores(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        (start, stop), (c0, c1) = rows, cols
+        q = seen[start:stop]
+        return np.maximum(q @ seen_t[:, c0:c1], q @ mirrored_t[:, c0:c1])
 
-    spans = [(s, min(n, s + block)) for s in range(0, n, block)]
-    with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
-        partners = np.concatenate(list(pool.map(rows, spans)))  # (N, k)
-    pairs = np.stack([np.repeat(np.arange(n), k), partners.ravel()], axis=1)
-    return np.unique(np.sort(pairs, axis=1), axis=0)
+    return _symmetric_top(scores, len(seen), neighbours, workers, block)

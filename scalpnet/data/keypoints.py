@@ -4,16 +4,18 @@ SIFT is invariant to rotation by any angle, to scale and to brightness, but not 
 mirror: a flipped copy has other descriptors. Detecting again on the mirrored view would
 double the cost; instead each descriptor is mirrored (its 4x4 spatial rows
 reversed, its 8 orientation bins negated: within sampling error of detection on the mirror,
-in tests/data/test_keypoints.py) and each keypoint's x becomes ``S - 0.5 - x``.
+in tests/data/test_keypoints.py), each keypoint's x becomes ``S - 0.5 - x`` and its
+orientation 180 degrees minus it.
 
 Visual words: descriptors, as RootSIFT (the square root of the L1-normalised descriptor:
 Hellinger distance, better for retrieval than L2 on raw SIFT), are assigned to the two
-nearest of ``WORDS`` centres (k-means on a seeded sample of the set's own descriptors;
-the second counts half); each image becomes an L2-normalised, idf-weighted word
-histogram, as seen and mirrored. Two copies of one photo share many words whatever their
-rotation, crop or colour: this finds candidates the 32x32 DCT views miss. On the real
-photos with planted copies (``benchmarks/bench_dedupe.py --mode real``), a copy's photo
-is among its 8 best partners for 81% of copies (256 plain SIFT words, one each: 65%).
+nearest of ``WORDS`` words (the second counts half): half of them k-means centres of a
+seeded sample of the set's own descriptors, the other half their mirror images, so a
+mirrored descriptor's word is the mirror of its word. Each image becomes an
+L2-normalised, idf-weighted word histogram, as seen and mirrored (the same histogram with
+its columns swapped: one assignment pass serves both). Two copies of one photo share many
+words whatever their rotation, crop or colour: this finds candidates the 32x32 DCT views
+miss (``benchmarks/bench_dedupe.py --mode real`` measures how many).
 """
 
 from __future__ import annotations
@@ -37,18 +39,23 @@ MIRROR = _BINS[::-1][:, :, (-np.arange(8)) % 8].ravel()  # descriptor of the mir
 class Keypoints:
     """SIFT keypoints of N views."""
 
-    points: list[np.ndarray]  # N x (K, 2) float32 (x, y)
-    descriptors: list[np.ndarray]  # N x (K, 128) float32
+    points: list[np.ndarray]  # N x (K, 4) float32: x, y, orientation (degrees), log2 of size
+    descriptors: list[np.ndarray]  # N x (K, 128) float32, unit norm
     size: int  # view side, pixels
 
+    def mirror(self, points: np.ndarray) -> np.ndarray:
+        """(K, 4) keypoints of a view -> where SIFT finds them on its mirror image."""
+        out = points.copy()
+        out[:, 0] = self.size - 0.5 - out[:, 0]
+        out[:, 2] = (180.0 - out[:, 2]) % 360.0  # a mirrored direction
+        return out
+
     def get(self, i: int, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(K, 2) positions and (K, 128) descriptors of view i, or of its mirror image."""
+        """(K, 4) keypoints and (K, 128) descriptors of view i, or of its mirror image."""
         points, desc = self.points[i], self.descriptors[i]
         if not mirrored:
             return points, desc
-        flipped = points.copy()
-        flipped[:, 0] = self.size - 0.5 - flipped[:, 0]  # where SIFT finds it on the mirror
-        return flipped, np.ascontiguousarray(desc[:, MIRROR])
+        return self.mirror(points), np.ascontiguousarray(desc[:, MIRROR])
 
 
 def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
@@ -63,8 +70,11 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
             threading.get_ident(), cv2.SIFT_create(nfeatures=FEATURES, contrastThreshold=CONTRAST)
         )
         found, desc = sift.detectAndCompute(view, None)
-        points = np.array([k.pt for k in found], np.float32).reshape(-1, 2)
-        return points, (np.zeros((0, 128), np.float32) if desc is None else desc)
+        points = np.array([(*k.pt, k.angle, k.size) for k in found], np.float32).reshape(-1, 4)
+        points[:, 3] = np.log2(points[:, 3])
+        if desc is None:
+            return points, np.zeros((0, 128), np.float32)
+        return points, desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-6)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         out = list(pool.map(one, views, chunksize=64))
@@ -75,24 +85,30 @@ def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(N, WORDS) float32 visual-word vectors of each view as seen, and of its mirror image.
 
     Both unit norm (rows without keypoints are zero); a dot product is a cosine similarity.
+    The vocabulary is closed under mirroring (half the words are fitted, the other half
+    are their mirror images), so the word of a mirrored descriptor is the mirror of its
+    word, and the mirrored histogram is the seen one with its columns swapped: one
+    assignment pass instead of two.
     """
     n = len(kp.descriptors)
     counts = [len(d) for d in kp.descriptors]
     every = np.concatenate([d for d in kp.descriptors if len(d)] or [np.zeros((0, 128))])
-    every = _root(every.astype(np.float32))
-    k = min(WORDS, len(every))
-    if k < 2:
+    every = every.astype(np.float32, copy=False)
+    half = min(WORDS // 2, len(every))
+    if half < 1:
         return np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)
-    centres = _kmeans(every, k, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    sample = _root(every[rng.choice(len(every), min(SAMPLE, len(every)), replace=False)])
+    fitted = _kmeans(sample, half, rng)
+    vocabulary = np.concatenate([fitted, fitted[:, MIRROR]])  # (2 * half, 128)
+    k = len(vocabulary)
+    mirror_word = np.concatenate([np.arange(half, k), np.arange(half)])
+    nearest = _nearest(every, vocabulary, 2, root=True)  # (M, 2); the second counts half
     owner = np.repeat(np.arange(n), counts)
-
-    def histogram(desc: np.ndarray) -> np.ndarray:
-        nearest = _nearest(desc, centres, 2)  # the second word counts half
-        cells = np.concatenate([owner * k + nearest[:, 0], owner * k + nearest[:, 1]])
-        weights = np.repeat(np.float32([1.0, 0.5]), len(desc))
-        return np.bincount(cells, weights, n * k).reshape(n, k).astype(np.float32)
-
-    seen, mirrored = histogram(every), histogram(np.ascontiguousarray(every[:, MIRROR]))
+    cells = np.concatenate([owner * k + nearest[:, 0], owner * k + nearest[:, 1]])
+    weights = np.repeat(np.float32([1.0, 0.5]), len(every))
+    seen = np.bincount(cells, weights, n * k).reshape(n, k).astype(np.float32)
+    mirrored = seen[:, mirror_word]
     idf = np.log((n + 1) / (1 + ((seen + mirrored) > 0).sum(axis=0))).astype(np.float32)
 
     def unit(h: np.ndarray) -> np.ndarray:
@@ -108,13 +124,16 @@ def _root(desc: np.ndarray) -> np.ndarray:
     return np.sqrt(out, out=out)
 
 
-def _nearest(desc: np.ndarray, centres: np.ndarray, count: int = 1) -> np.ndarray:
-    """(M, 128) descriptors -> (M, count) indices of the nearest (K, 128) centres, the
-    nearest first; (M,) when count is 1."""
+def _nearest(
+    desc: np.ndarray, centres: np.ndarray, count: int = 1, root: bool = False
+) -> np.ndarray:
+    """(M, 128) descriptors (raw SIFT made RootSIFT on the way when ``root``) -> (M, count)
+    indices of the nearest (K, 128) centres, the nearest first; (M,) when count is 1."""
     words = np.empty((len(desc), count), np.int64)
     half = (centres * centres).sum(axis=1) / 2
     for start in range(0, len(desc), 65536):  # bounded temporaries
-        scores = desc[start : start + 65536] @ centres.T
+        chunk = desc[start : start + 65536]
+        scores = (_root(chunk) if root else chunk) @ centres.T
         scores -= half
         rows = np.arange(len(scores))
         for rank in range(count):  # argmax passes: far cheaper than a partial sort
@@ -123,9 +142,8 @@ def _nearest(desc: np.ndarray, centres: np.ndarray, count: int = 1) -> np.ndarra
     return words[:, 0] if count == 1 else words
 
 
-def _kmeans(every: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 8) -> np.ndarray:
-    """(k, 128) centres of a seeded sample of the descriptors (Lloyd's rounds, BLAS)."""
-    sample = every[rng.choice(len(every), min(SAMPLE, len(every)), replace=False)]
+def _kmeans(sample: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 8) -> np.ndarray:
+    """(k, 128) centres of (M, 128) descriptors (Lloyd's rounds from a seeded start, BLAS)."""
     centres = sample[rng.choice(len(sample), k, replace=False)].copy()
     for _ in range(rounds):
         words = _nearest(sample, centres)

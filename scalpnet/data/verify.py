@@ -3,10 +3,13 @@
 On (96, 96) grey views of the two images, with their SIFT keypoints (``keypoints.py``):
 
 1. the second image's descriptors (as seen, then mirrored: SIFT cannot model a flip)
-   are matched to the first's with Lowe's ratio test, and one affine transform is fitted
-   to the matches with RANSAC (``cv2.estimateAffine2D``: rotation by any angle, scale,
-   shear, shift); a mirror is folded into the transform, so it maps the second view's
-   pixels onto the first's as they are;
+   are matched to the first's with Lowe's ratio test; an orientation goes on only when
+   at least ``MIN_INLIERS`` matches agree on one pose (rotation, zoom and where they put
+   the view's centre: Lowe's Hough clustering, ``hough_peaks``). Chance matches between
+   two photos rarely agree, so most candidate pairs end here, before the costly steps.
+   One affine transform is fitted to the matches with RANSAC (``cv2.estimateAffine2D``:
+   rotation by any angle, scale, shear, shift); a mirror is folded into the transform,
+   so it maps the second view's pixels onto the first's as they are;
 2. the **pair score** is the normalised correlation of the two views' fine texture
    (minus a Gaussian blur of sigma ``HIGHPASS_SIGMA``) after that alignment, judged in
    the frame of the view that shows the common part smaller (the other is blurred against
@@ -29,6 +32,7 @@ threshold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -37,13 +41,17 @@ import numpy as np
 
 from scalpnet.data.candidates import blas_single_thread
 from scalpnet.data.fingerprints import view
-from scalpnet.data.keypoints import Keypoints, extract
+from scalpnet.data.keypoints import MIRROR, Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
 RANSAC_ITERATIONS = 500
 MIN_MATCHES = 6  # fewer matches than this: no transform, score 0
 MIN_INLIERS = 5  # fewer RANSAC inliers than this: no transform, score 0
+HOUGH_ANGLE = 30.0  # degrees per bin of the change in keypoint orientation
+HOUGH_SCALE = 1.0  # octaves per bin of the change in keypoint size
+HOUGH_OCTAVES = 3  # changes of size beyond this many octaves share the end bins
+HOUGH_SHIFT = 0.25  # of the view's side, per bin of where a match puts the other's centre
 HIGHPASS_SIGMA = 1.5  # pixels of the 96x96 view
 MIN_OVERLAP = 0.08  # of the view: a smaller common area cannot be judged, score 0
 MAX_SCALE = 6.0  # a fitted transform zooming more than this (either way) is not a copy
@@ -51,6 +59,14 @@ REFINE_FROM = 0.05  # alignments scoring from here up to the threshold are refin
 ECC_ITERATIONS = 30
 ECC_EPSILON = 1e-4
 _EDGE = np.ones((5, 5), np.uint8)  # the high-pass near a warped border is not texture
+
+
+class Orientation(NamedTuple):
+    """Keypoint matches of view b (as seen, or mirrored) to view a."""
+
+    mirrored: bool
+    src: np.ndarray  # (M, 2) float32 positions in view b (mirrored when ``mirrored``)
+    dst: np.ndarray  # (M, 2) float32 the matching positions in view a
 
 
 class Match(NamedTuple):
@@ -72,7 +88,7 @@ class Verifier:
         self.views = np.asarray(views, np.uint8)
         self.keypoints = keypoints
         self._fine: dict[int, np.ndarray] = {}
-        side = self.views.shape[-1]
+        self.size = side = self.views.shape[-1]
         self._mirror = np.array([[-1, 0, side - 1], [0, 1, 0], [0, 0, 1]], np.float64)
 
     def fine(self, i: int) -> np.ndarray:
@@ -81,22 +97,47 @@ class Verifier:
             self._fine[i] = _highpass(self.views[i].astype(np.float32))
         return self._fine[i]
 
-    def orientations(self, a: int, b: int) -> list[tuple[bool, np.ndarray, np.ndarray]]:
-        """Ratio-test matches of view b's keypoints (as seen, and mirrored) to view a's:
-        (mirrored, b's (M, 2) positions, a's (M, 2) positions) for each orientation with at
-        least ``MIN_MATCHES``, the one with more matches first."""
-        pa, da = self.keypoints.get(a)
-        if len(pa) < MIN_MATCHES or len(self.keypoints.points[b]) < MIN_MATCHES:
-            return []
-        sides = [self.keypoints.get(b, mirrored) for mirrored in (False, True)]
-        query, train = ratio_matches(np.concatenate([d for _, d in sides]), da)  # one product
-        k = len(sides[0][0])
-        found = []
-        for mirrored, (points, _) in zip((False, True), sides, strict=True):
-            rows = (query >= k) == mirrored
-            if rows.sum() >= MIN_MATCHES:
-                found.append((mirrored, points[query[rows] - k * mirrored], pa[train[rows]]))
-        return sorted(found, key=lambda f: -len(f[1]))
+    def orientations(self, a: int, partners: Sequence[int]) -> list[list[Orientation]]:
+        """Keypoint matches of each partner b's view (as seen, and mirrored) to view a's.
+
+        Matches pass Lowe's ratio test, all partners in one matrix product. An orientation
+        is kept when it has at least ``MIN_MATCHES`` matches and at least ``MIN_INLIERS``
+        of them agree on one pose (``hough_peaks``): the matches of a copy do, chance
+        matches between different photos rarely do, and this check costs far less than
+        the RANSAC fit and the correlation it spares them.
+
+        Returns:
+            Per partner, the orientations kept, the one with more matches first.
+        """
+        found: list[list[Orientation]] = [[] for _ in partners]
+        kp = self.keypoints
+        pa, da = kp.get(a)
+        ka = len(pa)
+        slots = [slot for slot, b in enumerate(partners) if len(kp.points[b]) >= MIN_MATCHES]
+        if ka < MIN_MATCHES or not slots:
+            return found
+        # b mirrored against a as seen = b as seen against a mirrored (a permutation of the
+        # descriptor's bins): one product of all partners' descriptors with both of a's
+        bs = [partners[slot] for slot in slots]
+        points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
+        owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
+        both = np.concatenate([da, da[:, MIRROR]])  # (2 * ka, 128)
+        dots = np.concatenate([kp.descriptors[b] for b in bs]) @ both.T  # (Q, 2 * ka)
+        for mirrored in (False, True):
+            query, train = ratio_test(dots[:, ka * mirrored : ka * (mirrored + 1)])
+            src = kp.mirror(points[query]) if mirrored else points[query]  # (M, 4) in b
+            side_of = owner[query]
+            counts = np.bincount(side_of, minlength=len(slots))
+            peaks = hough_peaks(side_of, src, pa[train], len(slots), self.size)
+            order = np.argsort(side_of, kind="stable")
+            starts = np.cumsum(counts) - counts
+            for k, slot in enumerate(slots):
+                if counts[k] >= MIN_MATCHES and peaks[k] >= MIN_INLIERS:
+                    rows = order[starts[k] : starts[k] + counts[k]]
+                    found[slot].append(Orientation(mirrored, src[rows, :2], pa[train[rows], :2]))
+        for options in found:
+            options.sort(key=lambda o: -len(o.src))
+        return found
 
     def transform(self, src: np.ndarray, dst: np.ndarray, mirrored: bool) -> np.ndarray | None:
         """(3, 3) affine fitted by RANSAC to matched positions, taking view b (mirrored
@@ -182,8 +223,11 @@ class Verifier:
         first, then the other unless the first already reaches ``enough``. An alignment
         scoring from ``REFINE_FROM`` up to ``enough`` is refined (:meth:`refine`).
         """
+        return self._best(a, b, self.orientations(a, [b])[0], enough)
+
+    def _best(self, a: int, b: int, options: list[Orientation], enough: float) -> Match:
         best = Match(0.0, None)
-        for mirrored, src, dst in self.orientations(a, b):
+        for mirrored, src, dst in options:
             matrix = self.transform(src, dst, mirrored)
             if matrix is not None:
                 score, matrix = self.aligned(a, b, matrix, enough)
@@ -211,37 +255,96 @@ class Verifier:
         return self.match(min(a, b), max(a, b), enough).score
 
     def matches(self, pairs: np.ndarray, enough: float = 1.0, workers: int = 1) -> list[Match]:
-        """(P, 2) int pairs (a, b) -> their P matches (alignments b -> a), in threads."""
-        jobs = pairs.tolist()
+        """(P, 2) int pairs (a, b) -> their P matches (alignments b -> a), in threads.
 
-        def run(chunk: list) -> list[Match]:
-            return [self.match(a, b, enough) for a, b in chunk]
+        The pairs of one image a are matched together (one product for all its partners).
+        """
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        _, starts = np.unique(pairs[order, 0], return_index=True)
+        spans = np.split(order, starts[1:]) if len(pairs) else []
+        out: list[Match] = [Match(0.0, None)] * len(pairs)
+
+        def run(jobs: list[np.ndarray]) -> None:
+            for rows in jobs:
+                a = int(pairs[rows[0], 0])
+                bs = pairs[rows, 1].tolist()
+                for row, b, options in zip(
+                    rows.tolist(), bs, self.orientations(a, bs), strict=True
+                ):
+                    out[row] = self._best(a, b, options, enough)
 
         with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(run, [jobs[w::workers] for w in range(workers)]))
-        out: list[Match] = [Match(0.0, None)] * len(jobs)
-        for w, part in enumerate(parts):
-            out[w::workers] = part
+            list(pool.map(run, [spans[w::workers] for w in range(workers)]))
         return out
 
 
-def ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowe's ratio test: (Q, 128) and (T >= 2, 128) descriptors -> indices of the queries
-    whose nearest train descriptor (L2) is clearly nearer than the second, and that nearest.
+def ratio_test(dots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowe's ratio test on (Q, T >= 2) dot products of unit-norm descriptors (overwritten)
+    -> indices of the queries whose nearest train descriptor (L2) is clearly nearer than
+    the second, and that nearest.
 
-    One small matrix product instead of OpenCV's brute-force matcher: the same matches
-    (checked on real photos), with no Python object per match.
+    For unit vectors the squared distance is 2 - 2 x.y, so the two nearest are the two
+    largest dot products: two passes over one small matrix product, no Python object per
+    match (OpenCV's brute-force matcher finds the same matches).
     """
-    d2 = (
-        np.einsum("ij,ij->i", query, query)[:, None]
-        + np.einsum("ij,ij->i", train, train)[None, :]
-        - 2.0 * (query @ train.T)
-    )
-    np.maximum(d2, 0.0, out=d2)
-    nearest = np.argmin(d2, axis=1)
-    first, second = np.partition(d2, 1, axis=1)[:, :2].T
+    rows = np.arange(len(dots))
+    nearest = np.argmax(dots, axis=1)
+    first = 2.0 - 2.0 * dots[rows, nearest]
+    dots[rows, nearest] = -np.inf
+    second = 2.0 - 2.0 * dots.max(axis=1)
     keep = np.flatnonzero(first < RATIO * RATIO * second)
     return keep, nearest[keep]
+
+
+def hough_peaks(
+    side_of: np.ndarray, src: np.ndarray, dst: np.ndarray, sides: int, size: int
+) -> np.ndarray:
+    """The most matches of each side that agree on one pose: Lowe's Hough clustering.
+
+    Each match (keypoint b in view b, keypoint a in view a) implies a similarity transform:
+    a rotation by the change of keypoint orientation, a zoom by the change of size, and the
+    shift that takes b onto a. It votes for the bin of that rotation (``HOUGH_ANGLE``
+    degrees), zoom (``HOUGH_SCALE`` octaves; beyond ``HOUGH_OCTAVES`` either way, the end
+    bins) and of where it puts the centre of view b in view a (``HOUGH_SHIFT`` of the
+    view's side, the two nearest bins in x and in y). The matches of a copy agree; chance
+    matches between two photos rarely do, even when their hair runs the same way.
+
+    Args:
+        side_of: (M,) int, the side (pair and orientation) each match belongs to.
+        src, dst: (M, 4) float, each match's keypoint in view b and in view a as
+            (x, y, orientation in degrees, log2 of size).
+        sides: how many sides there are.
+        size: the views' side, pixels.
+
+    Returns:
+        (sides,) int: the largest bin count of each side (0 without matches).
+    """
+    turn = (dst[:, 2] - src[:, 2]) % 360.0
+    zoom = dst[:, 3] - src[:, 3]
+    angle_bins, scale_bins = round(360 / HOUGH_ANGLE), round(2 * HOUGH_OCTAVES / HOUGH_SCALE)
+    angle = np.floor(turn / HOUGH_ANGLE).astype(np.int64) % angle_bins
+    scale = np.floor((zoom + HOUGH_OCTAVES) / HOUGH_SCALE)
+    scale = np.clip(scale, 0, scale_bins - 1).astype(np.int64)
+    # where b's centre lands in a under that similarity, in bins of the shift grid
+    theta, factor = np.radians(turn), np.exp2(zoom)
+    d = size / 2 - src[:, :2]
+    centre = dst[:, :2] + factor[:, None] * np.stack([
+        np.cos(theta) * d[:, 0] - np.sin(theta) * d[:, 1],
+        np.sin(theta) * d[:, 0] + np.cos(theta) * d[:, 1],
+    ], axis=1)  # fmt: skip
+    grid = round(1 / HOUGH_SHIFT) * 3  # shifts up to a view's side beyond either edge
+    where = np.clip(centre / (HOUGH_SHIFT * size) + grid / 3 - 0.5, -0.5, grid - 0.5)
+    low = np.floor(where).astype(np.int64) + 1  # the lower of the two nearest, 0..grid
+    pose = (side_of * angle_bins + angle) * scale_bins + scale
+    votes = np.concatenate([
+        (pose * (grid + 2) + low[:, 0] + dx) * (grid + 2) + low[:, 1] + dy
+        for dx in (0, 1) for dy in (0, 1)
+    ])  # fmt: skip
+    cells, counts = np.unique(votes, return_counts=True)  # sparse: most bins are empty
+    peaks = np.zeros(sides, np.int64)
+    np.maximum.at(peaks, cells // (angle_bins * scale_bins * (grid + 2) ** 2), counts)
+    return peaks
 
 
 def _plausible(matrix: np.ndarray) -> bool:

@@ -31,3 +31,19 @@ def test_each_copy_is_a_candidate_of_its_photo():
     assert sum((k, 30 + k) in (coarse | words) for k in range(5, 10)) >= 4
     for pairs in (coarse, words):
         assert all(a < b for a, b in pairs) and len(pairs) <= 4 * 40
+
+
+def test_the_symmetric_search_keeps_each_rows_best_partners():
+    """Only blocks above the diagonal are scored; every row still gets its own best k."""
+    rng = np.random.default_rng(0)
+    n, width, k = 300, 64, 5
+    swap = np.concatenate([np.arange(width // 2, width), np.arange(width // 2)])  # a mirror
+    seen = rng.random((n, width), dtype=np.float32) ** 4
+    seen /= np.linalg.norm(seen, axis=1, keepdims=True)
+    mirrored = seen[:, swap]
+    found = {tuple(p) for p in candidates.word_pairs(seen, mirrored, k, workers=2, block=64)}
+    scores = np.maximum(seen @ seen.T, seen @ mirrored.T)
+    np.fill_diagonal(scores, -np.inf)
+    best = np.argsort(-scores, axis=1)[:, :k]
+    wanted = {(min(i, int(j)), max(i, int(j))) for i in range(n) for j in best[i]}
+    assert found == wanted

@@ -19,18 +19,21 @@ def textured(seed: int) -> np.ndarray:
     return view(cv2.resize(small, (96, 96), interpolation=cv2.INTER_CUBIC))
 
 
-def test_mirrored_descriptors_equal_detection_on_the_mirrored_view():
+def test_mirrored_keypoints_equal_detection_on_the_mirrored_view():
+    """Position, orientation, size and descriptor of each mirrored keypoint."""
     v = textured(0)
     seen = keypoints.extract(v[None], workers=1)
     detected = keypoints.extract(np.ascontiguousarray(v[None, :, ::-1]), workers=1)
     points, desc = seen.get(0, mirrored=True)
     other_points, other_desc = detected.get(0)
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
     matched = 0
-    for p, d in zip(points, desc, strict=True):
-        here = np.linalg.norm(other_points - p, axis=1) < 0.2  # (a point may carry two angles)
+    for p, d in zip(points, desc, strict=True):  # p: x, y, orientation, log2 size
+        here = np.linalg.norm(other_points[:, :2] - p[:2], axis=1) < 0.2
+        turn = np.abs((other_points[:, 2] - p[2] + 180) % 360 - 180)  # a point may carry two
+        here &= (turn < 10) & (np.abs(other_points[:, 3] - p[3]) < 0.1)
         if here.any():
-            gap = np.linalg.norm(other_desc[here] - d, axis=1).min() / np.linalg.norm(d)
-            matched += gap < 0.25  # sub-pixel sampling differs a little
+            matched += np.linalg.norm(other_desc[here] - d, axis=1).min() < 0.25
     assert matched >= 0.8 * len(points) > 10
 
 

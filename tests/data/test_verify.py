@@ -88,3 +88,47 @@ def test_a_degenerate_or_wild_transform_is_no_alignment():
     assert v.correlation(0, 1, flat) is None
     assert v.correlation(0, 1, np.diag([20.0, 20.0, 1.0])) is None  # a 20x zoom
     assert v.refine(0, 1, flat) is flat
+
+
+# --------------------------------------------------------------------------- matching
+def test_the_ratio_test_finds_what_opencv_brute_force_finds():
+    kp = extract(real_views(2), workers=1)
+    query, train = kp.descriptors[1], kp.descriptors[0]
+    rows, nearest = verify.ratio_test(query @ train.T)
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query, train, k=2)
+    expected = [(m.queryIdx, m.trainIdx) for m, n in knn if m.distance < verify.RATIO * n.distance]
+    assert list(zip(rows.tolist(), nearest.tolist(), strict=True)) == expected
+    assert len(expected) > 5
+
+
+def test_hough_peaks_count_matches_that_agree_on_one_pose():
+    """Matches made by one similarity transform land together; random ones scatter."""
+    rng = np.random.default_rng(0)
+    m, size = 40, 96
+    b = np.column_stack(
+        [rng.uniform(0, size, (m, 2)), rng.uniform(0, 360, m), rng.uniform(1, 3, m)]
+    )
+    turn, zoom = 37.0, 0.8  # degrees, octaves
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), -turn, 2**zoom)  # b -> a
+    a = b.copy()
+    a[:, :2] = b[:, :2] @ matrix[:, :2].T + matrix[:, 2] + rng.normal(0, 0.5, (m, 2))
+    a[:, 2] = b[:, 2] + turn + rng.normal(0, 3, m)
+    a[:, 3] = b[:, 3] + zoom + rng.normal(0, 0.1, m)
+    scattered = np.column_stack(
+        [rng.uniform(0, size, (m, 2)), rng.uniform(0, 360, m), rng.uniform(1, 3, m)]
+    )
+    side_of = np.repeat([0, 1], m)
+    peaks = verify.hough_peaks(side_of, np.vstack([b, b]), np.vstack([a, scattered]), 2, size)
+    assert peaks[0] >= 0.8 * m  # a few fall in the neighbouring bins
+    assert peaks[1] < verify.MIN_INLIERS
+
+
+def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
+    views = real_views(13)
+    side = views.shape[1]
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), 41, 1.4)
+    copy = cv2.warpAffine(views[0], m, (side, side), borderMode=cv2.BORDER_REFLECT)
+    v = verifier_of(np.concatenate([views, copy[None, :, ::-1]]))  # turned, zoomed, flipped
+    found = v.orientations(13, list(range(13)))
+    assert [o.mirrored for o in found[0]][:1] == [True]
+    assert sum(bool(f) for f in found[1:]) <= 3, [len(f) for f in found]
