@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scalpnet"
-MAX_LINES = 600
+MAX_LINES = 500  # the house rule: a module reads as one idea and stays under about 500 lines
 
 # The stages, in the order the data travels; a module may import its own stage and below.
 STAGES = {
