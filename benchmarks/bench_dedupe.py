@@ -136,7 +136,9 @@ def run_synthetic(args, folder: Path) -> None:
     w0, c0 = time.perf_counter(), _cpu()
     scanned = scan(paths, args.workers)
     w1, c1 = time.perf_counter(), _cpu()
-    found = grouping.find_groups(scanned, args.threshold, args.neighbours, args.workers)
+    found = grouping.find_groups(
+        scanned, args.threshold, args.neighbours, args.workers, word_neighbours=args.word_neighbours
+    )
     w2, c2 = time.perf_counter(), _cpu()
     ours = pair_scores(truth, found.groups)
     exact = np.arange(len(paths))
@@ -177,7 +179,9 @@ def run_real(args, folder: Path) -> None:
     print(f"  scan {time.perf_counter() - w0:.1f} s wall, {_cpu() - c0:.1f} s CPU")
     for threshold in [float(t) for t in args.sweep.split(",")]:
         w, c = time.perf_counter(), _cpu()
-        found = grouping.find_groups(scanned, threshold, args.neighbours, args.workers)
+        found = grouping.find_groups(
+            scanned, threshold, args.neighbours, args.workers, word_neighbours=args.word_neighbours
+        )
         wall, cpu = time.perf_counter() - w, _cpu() - c
         r = pair_scores(truth, found.groups)
         _row(f"ours at {threshold} ({wall:.1f} s, {cpu:.1f} s CPU)", r)
@@ -212,6 +216,7 @@ def main() -> None:
                         help="comma-separated thresholds for the real mode")  # fmt: skip
     parser.add_argument("--threshold", type=float, default=grouping.DEFAULT_THRESHOLD)
     parser.add_argument("--neighbours", type=int, default=grouping.DEFAULT_NEIGHBOURS)
+    parser.add_argument("--word-neighbours", type=int, default=grouping.DEFAULT_WORD_NEIGHBOURS)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="write (and reuse) the images here")
     args = parser.parse_args()

@@ -297,8 +297,15 @@ def _add_audit(verbs) -> Handler:
         "--neighbours",
         type=int,
         default=None,
-        help="candidate partners verified per image and per search (default 8; more is "
-        "slower and misses fewer copies)",
+        help="candidate partners verified per image from the coarse views (default 8; "
+        "more is slower and misses fewer copies)",
+    )
+    p.add_argument(
+        "--word-neighbours",
+        type=int,
+        default=None,
+        help="candidate partners verified per image from the visual words, which find "
+        "turned, cropped and zoomed copies (default 10; more is slower and misses fewer)",
     )
     p.add_argument(
         "--workers", type=int, default=None, help="parallel threads (default: all cores)"
@@ -315,6 +322,9 @@ def _add_audit(verbs) -> Handler:
             out=args.out,
             threshold=grouping.DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
             neighbours=grouping.DEFAULT_NEIGHBOURS if args.neighbours is None else args.neighbours,
+            word_neighbours=grouping.DEFAULT_WORD_NEIGHBOURS
+            if args.word_neighbours is None
+            else args.word_neighbours,
             workers=args.workers,
             sheet_groups=args.sheet_groups,
         )

@@ -22,6 +22,7 @@ from scalpnet.data.fingerprints import same, scan
 from scalpnet.data.grouping import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_THRESHOLD,
+    DEFAULT_WORD_NEIGHBOURS,
     SPLITS,
     DedupeConfig,
     Grouping,
@@ -44,6 +45,7 @@ class AuditConfig:
     out: Path = Path("reports/audit")
     threshold: float = DEFAULT_THRESHOLD
     neighbours: int = DEFAULT_NEIGHBOURS
+    word_neighbours: int = DEFAULT_WORD_NEIGHBOURS
     workers: int | None = None
     sheet_groups: int = 6  # rows in the contact sheet
 
@@ -141,6 +143,7 @@ def _build_report(result: AuditResult, config: AuditConfig) -> dict:
         "skipped": [{"path": str(p), "reason": r} for p, r in result.skipped],
         "threshold": config.threshold,
         "neighbours": config.neighbours,
+        "word_neighbours": config.word_neighbours,
         "method": "candidates: low-frequency DCT views of 32x32 grey thumbnails under 8 "
         "rotations/flips, plus SIFT visual words; pair score: SIFT matches on 96x96 views "
         "that agree on one pose, one RANSAC affine transform (refined by ECC), correlation "
@@ -172,7 +175,9 @@ def audit(config: AuditConfig) -> AuditResult:
         DatasetError: the input is missing or malformed (see ``layouts.discover``).
     """
 
-    DedupeConfig(config.threshold, config.neighbours, config.workers).check()
+    DedupeConfig(
+        config.threshold, config.neighbours, config.workers, config.word_neighbours
+    ).check()
     started = time.perf_counter()
     found = discover(Path(config.data))
     items = sorted(found.items, key=lambda item: item.key)
@@ -182,7 +187,10 @@ def audit(config: AuditConfig) -> AuditResult:
         (items[i].source, scanned.errors[i]) for i, e in enumerate(scanned.errors) if e is not None
     ]
     readable = scanned.subset(ok)
-    grouping = find_groups(readable, config.threshold, config.neighbours, config.workers)
+    grouping = find_groups(
+        readable, config.threshold, config.neighbours, config.workers,
+        word_neighbours=config.word_neighbours,
+    )  # fmt: skip
     result = AuditResult(
         data=Path(config.data),
         root=found.root,

@@ -29,7 +29,7 @@ stacked Kaggle-style transformations (``copies.plant``), 642 images; ground trut
 photo with its copies, plus 13 pairs of the fixture's files that the audit found to be one
 photo and that were confirmed by eye (tests/data/real_photos_same_photo.csv). Pair recall /
 pair precision / groups joining two different photos (2026-12-03, 2-core machine, with
-the pose check of verify.py and WORD_NEIGHBOURS = 10):
+the pose check of verify.py and 10 visual-word partners per image):
 
     threshold 0.5:  0.893 / 0.974 / 2 (different photos of one patient, one session,
                     one watermark: seborrheic-dermatitis-148/149, alopecia-areata-71/77)
@@ -67,7 +67,7 @@ from scalpnet.errors import ConfigError
 SPLITS = ("train", "val", "test")
 DEFAULT_THRESHOLD = 0.65  # pair score at which two images are the same photo
 DEFAULT_NEIGHBOURS = 8  # coarse-view partners per image
-WORD_NEIGHBOURS = 10  # visual-word partners per image: the words find the harder copies
+DEFAULT_WORD_NEIGHBOURS = 10  # visual-word partners per image: they find the harder copies
 MERGE_CHECKS = 3  # members of each group whose cross pairs decide a merge
 CONSISTENCY_CHECKS = 16  # members per group verified against its anchor for the report
 
@@ -79,12 +79,15 @@ class DedupeConfig:
     threshold: float = DEFAULT_THRESHOLD  # pair score at or above which two images are one photo
     neighbours: int = DEFAULT_NEIGHBOURS  # candidate partners per image from the coarse stage
     workers: int | None = None  # threads; None: all cores
+    word_neighbours: int = DEFAULT_WORD_NEIGHBOURS  # ... and from the visual words
 
     def check(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.neighbours < 1:
             raise ConfigError(f"neighbours must be at least 1, got {self.neighbours}")
+        if self.word_neighbours < 1:
+            raise ConfigError(f"word neighbours must be at least 1, got {self.word_neighbours}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
 
@@ -186,6 +189,8 @@ def find_groups(
     threshold: float = DEFAULT_THRESHOLD,
     neighbours: int = DEFAULT_NEIGHBOURS,
     workers: int | None = None,
+    *,
+    word_neighbours: int = DEFAULT_WORD_NEIGHBOURS,
 ) -> Grouping:
     """Group near-duplicate images.
 
@@ -193,19 +198,20 @@ def find_groups(
         scanned: N images' fingerprints, views and pixel digests (``fingerprints.scan``).
         threshold: link two images when their pair score is at least this.
         neighbours: candidates per image from the coarse stage (more: slower, fewer misses).
+        word_neighbours: candidates per image from the visual words (likewise).
         workers: threads for the comparisons; None: all cores.
 
     Returns:
         A :class:`Grouping`; every image has a group id, a lone image its own.
     """
-    DedupeConfig(threshold, neighbours, workers).check()
+    DedupeConfig(threshold, neighbours, workers, word_neighbours).check()
     workers = workers or os.cpu_count() or 1
     clock = _Clock()
     keypoints = extract(scanned.views, workers)
     clock.lap("keypoints")
     coarse = coarse_pairs(Features.build(scanned.fingerprints), neighbours, workers)
     clock.lap("coarse candidates")
-    words = word_pairs(*word_vectors(keypoints), WORD_NEIGHBOURS, workers)
+    words = word_pairs(*word_vectors(keypoints), word_neighbours, workers)
     clock.lap("visual-word candidates")
     pairs = np.unique(np.concatenate([coarse, words]), axis=0)
     verifier = Verifier(scanned.views, keypoints)

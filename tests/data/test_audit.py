@@ -33,11 +33,14 @@ def make_kaggle_from_fixtures(real_scalp_dir: Path, root: Path) -> Path:
 def test_audit_cli_on_a_kaggle_folder(tmp_path, real_scalp_dir, capsys):
     data = make_kaggle_from_fixtures(real_scalp_dir, tmp_path / "Hair Diseases - Final")
     out = tmp_path / "audit"
-    assert cli.main(["audit", "--data", str(data), "--out", str(out)]) == 0
+    assert (
+        cli.main(["audit", "--data", str(data), "--out", str(out), "--word-neighbours", "12"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "Test images with a near-duplicate in train" in printed
     report = json.loads((out / "audit.json").read_text())
     assert report["images"] == 73 and report["threshold"] == grouping.DEFAULT_THRESHOLD
+    assert (report["neighbours"], report["word_neighbours"]) == (grouping.DEFAULT_NEIGHBOURS, 12)
     leak = report["leakage"]
     # documented: group 2 (0123 train / 0134 test), 3 (0322 / 0803), 4 (0398 train / 0960 val)
     assert leak["split_pairs"]["train-test"]["test_images_with_twin_in_train"] >= 2
@@ -87,6 +90,7 @@ def test_audit_help_quotes_the_real_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"default {grouping.DEFAULT_THRESHOLD}," in text
     assert f"default {grouping.DEFAULT_NEIGHBOURS};" in text
+    assert f"default {grouping.DEFAULT_WORD_NEIGHBOURS};" in text
     assert "reports/audit" in text
 
 

@@ -197,7 +197,13 @@ def test_real_scalp_documented_groups_are_whole_and_nothing_else_merges(real_sca
 
 def test_bad_settings_are_config_errors():
     scanned = Scan.of_images([np.zeros((64, 64, 3), np.uint8)] * 2)
-    for change in ({"threshold": 1.5}, {"threshold": 0.0}, {"neighbours": 0}, {"workers": 0}):
+    for change in (
+        {"threshold": 1.5},
+        {"threshold": 0.0},
+        {"neighbours": 0},
+        {"word_neighbours": 0},
+        {"workers": 0},
+    ):
         with pytest.raises(ConfigError):
             grouping.find_groups(scanned, **change)
 
