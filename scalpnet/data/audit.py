@@ -176,8 +176,9 @@ def audit(config: AuditConfig) -> AuditResult:
     """
 
     DedupeConfig(
-        config.threshold, config.neighbours, config.workers, config.word_neighbours
-    ).check()
+        config.threshold, config.neighbours,
+        workers=config.workers, word_neighbours=config.word_neighbours,
+    ).check()  # fmt: skip
     started = time.perf_counter()
     found = discover(Path(config.data))
     items = sorted(found.items, key=lambda item: item.key)

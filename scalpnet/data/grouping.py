@@ -204,7 +204,7 @@ def find_groups(
     Returns:
         A :class:`Grouping`; every image has a group id, a lone image its own.
     """
-    DedupeConfig(threshold, neighbours, workers, word_neighbours).check()
+    DedupeConfig(threshold, neighbours, workers=workers, word_neighbours=word_neighbours).check()
     workers = workers or os.cpu_count() or 1
     clock = _Clock()
     keypoints = extract(scanned.views, workers)
