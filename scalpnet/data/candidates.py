@@ -8,9 +8,9 @@ Verifying every pair of the Kaggle set (72 million) is out of reach, so each ima
    of its local-contrast map (grey 0.6, contrast 0.4), compared under all 8
    rotations/flips, block by block: finds turned, flipped, recoloured, lightly cropped
    copies.
-2. **Visual words** (``keypoints.word_vectors``): cosine of SIFT word histograms, as seen
-   or mirrored: finds rotations by any angle, crops, zoom and shear that change the coarse
-   views too much.
+2. **Visual words** (``keypoints.word_vectors``): cosine of sparse SIFT word histograms,
+   as seen or mirrored: finds rotations by any angle, crops, zoom and shear that change
+   the coarse views too much.
 
 Neither score says "same photo" (at 32x32 different photos of skin can look alike); only
 ``verify.py`` does.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import sparse
 
 from scalpnet.data.fingerprints import FP_SIZE
 
@@ -227,21 +228,27 @@ def coarse_pairs(f: Features, neighbours: int, workers: int = 1, block: int = 51
 
 
 def word_pairs(
-    seen: np.ndarray, mirrored: np.ndarray, neighbours: int, workers: int = 1, block: int = 512
+    seen: sparse.csr_matrix,
+    mirrored: sparse.csr_matrix,
+    neighbours: int,
+    workers: int = 1,
+    block: int = 512,
 ) -> np.ndarray:
     """(P, 2) unique pairs i < j: each image with its ``neighbours`` best visual-word partners.
 
     Args:
-        seen, mirrored: (N, W) unit visual-word vectors (``keypoints.word_vectors``); the
-            score of i and j is the better of j as seen and j mirrored. It is symmetric:
+        seen, mirrored: (N, W) sparse unit visual-word vectors (``keypoints.word_vectors``);
+            the score of i and j is the better of j as seen and j mirrored. It is symmetric:
             the vocabulary is closed under mirroring, so i as seen against j mirrored is
             i mirrored against j as seen.
     """
-    seen_t, mirrored_t = np.ascontiguousarray(seen.T), np.ascontiguousarray(mirrored.T)
+    seen, mirrored = sparse.csr_matrix(seen), sparse.csr_matrix(mirrored)
 
     def scores(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         (start, stop), (c0, c1) = rows, cols
-        q = seen[start:stop]
-        return np.maximum(q @ seen_t[:, c0:c1], q @ mirrored_t[:, c0:c1])
+        q = seen[start:stop].T.tocsr()  # (W, B)
+        out = (seen[c0:c1] @ q).toarray()  # (C, B); scipy frees the GIL in the product
+        np.maximum(out, (mirrored[c0:c1] @ q).toarray(), out=out)
+        return np.ascontiguousarray(out.T, dtype=np.float32)
 
-    return _symmetric_top(scores, len(seen), neighbours, workers, block)
+    return _symmetric_top(scores, seen.shape[0], neighbours, workers, block)

@@ -29,15 +29,16 @@ stacked Kaggle-style transformations (``copies.plant``), 642 images; ground trut
 photo with its copies, plus 13 pairs of the fixture's files that the audit found to be one
 photo and that were confirmed by eye (tests/data/real_photos_same_photo.csv). Pair recall /
 pair precision / groups joining two different photos (2026-12-03, 2-core machine, with
-the pose check of verify.py and 10 visual-word partners per image):
+the pose check of verify.py and 10 visual-word partners per image from the 16,384-word
+tree of keypoints.py):
 
-    threshold 0.5:  0.893 / 0.974 / 2 (different photos of one patient, one session,
+    threshold 0.5:  0.908 / 0.974 / 2 (different photos of one patient, one session,
                     one watermark: seborrheic-dermatitis-148/149, alopecia-areata-71/77)
-    threshold 0.6:  0.893 / 0.987 / 1 (148/149)
-    threshold 0.65: 0.870 / 1.000 / 0   <- the default: the lowest with no false group
-    threshold 0.7:  0.858 / 1.000 / 0
-    threshold 0.75: 0.826 / 1.000 / 0
-    threshold 0.8:  0.814 / 1.000 / 0
+    threshold 0.6:  0.908 / 0.987 / 1 (148/149)
+    threshold 0.65: 0.896 / 1.000 / 0   <- the default: the lowest with no false group
+    threshold 0.7:  0.884 / 1.000 / 0
+    threshold 0.75: 0.849 / 1.000 / 0
+    threshold 0.8:  0.829 / 1.000 / 0
 
 With the ECC refinement (verify.py) a planted copy scores 0.92-0.99 against its photo, or
 about 0 when RANSAC found no transform; the band in between holds real re-exports of one
@@ -45,7 +46,8 @@ photo (other crop, watermark and JPEG: 0.36-0.99, four of the 13 known pairs at
 0.65-0.69) and consecutive shots of one scalp (148/149's copies: up to 0.66, where ECC
 fits one view onto the other with a shear). So the margin at 0.65 is thin: 148/149 has a
 link at 0.658 that the merge check refuses. (Before ECC refinement and RootSIFT words,
-the default 0.6 gave 0.815 / 1.000 / 0.)
+the default 0.6 gave 0.815 / 1.000 / 0; with 1,024 flat visual words, 0.65 gave
+0.870 / 1.000 / 0.)
 """
 
 from __future__ import annotations

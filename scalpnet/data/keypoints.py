@@ -8,14 +8,25 @@ in tests/data/test_keypoints.py), each keypoint's x becomes ``S - 0.5 - x`` and 
 orientation 180 degrees minus it.
 
 Visual words: descriptors, as RootSIFT (the square root of the L1-normalised descriptor:
-Hellinger distance, better for retrieval than L2 on raw SIFT), are assigned to the two
-nearest of ``WORDS`` words (the second counts half): half of them k-means centres of a
-seeded sample of the set's own descriptors, the other half their mirror images, so a
-mirrored descriptor's word is the mirror of its word. Each image becomes an
-L2-normalised, idf-weighted word histogram, as seen and mirrored (the same histogram with
-its columns swapped: one assignment pass serves both). Two copies of one photo share many
-words whatever their rotation, crop or colour: this finds candidates the 32x32 DCT views
-miss (``benchmarks/bench_dedupe.py --mode real`` measures how many).
+Hellinger distance, better for retrieval than L2 on raw SIFT), are quantised by a
+two-level vocabulary tree (Nister and Stewenius): ``COARSE`` k-means words, and under
+each ``FINE`` words fitted on the descriptors that fall in it, ``WORDS`` = 16,384 in all,
+all fitted on a seeded sample of the set's own descriptors. Each descriptor gets the
+nearest fine word of its nearest coarse word, and the second nearest there at half
+weight. Half the coarse words are the mirror images of the other half (and their fine
+words too), so a mirrored descriptor's word is the mirror of its word. Each image becomes
+a sparse, L2-normalised, idf-weighted word histogram, as seen and mirrored (the same
+histogram with its columns swapped: one assignment pass serves both).
+
+Why so many words: with about 75 keypoints per view of skin, each in two words, 1,024
+flat words left two different real photos sharing 27 words on average, against a median
+of 54 for a photo and its planted copy; with this tree they share 3.5 against 20
+(``--mode real`` images of ``benchmarks/bench_dedupe.py``, 2026-12-03). Planted pairs among
+the word candidates (10 per image): 592 of 759 with 1,024 flat words, 686 with the tree,
+694 with 16,384 flat k-means words (too slow to assign at 12,000 images); the tree costs
+two small products per descriptor (256 coarse, then 64 fine words). Two copies of one
+photo share many words whatever their rotation, crop or colour: this finds candidates the
+32x32 DCT views miss.
 """
 
 from __future__ import annotations
@@ -26,11 +37,14 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import sparse
 
 FEATURES = 150  # SIFT keypoints per 96x96 view (about 75 survive on skin)
 CONTRAST = 0.02  # SIFT contrast threshold (OpenCV's 0.04 finds too few on smooth skin)
-WORDS = 1024  # visual vocabulary size
-SAMPLE = 20_000  # descriptors the vocabulary is fitted on
+COARSE = 256  # coarse visual words (half fitted, half their mirror images)
+FINE = 64  # fine words under each coarse word
+WORDS = COARSE * FINE  # 16,384 visual words
+SAMPLE = 48_000  # descriptors the vocabulary is fitted on
 _BINS = np.arange(128).reshape(4, 4, 8)
 MIRROR = _BINS[::-1][:, :, (-np.arange(8)) % 8].ravel()  # descriptor of the mirrored patch
 
@@ -81,41 +95,92 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
     return Keypoints([p for p, _ in out], [d for _, d in out], int(views.shape[-1]))
 
 
-def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(N, WORDS) float32 visual-word vectors of each view as seen, and of its mirror image.
+def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """(N, WORDS) sparse float32 visual-word vectors of each view as seen, and of its mirror.
 
-    Both unit norm (rows without keypoints are zero); a dot product is a cosine similarity.
-    The vocabulary is closed under mirroring (half the words are fitted, the other half
-    are their mirror images), so the word of a mirrored descriptor is the mirror of its
-    word, and the mirrored histogram is the seen one with its columns swapped: one
-    assignment pass instead of two.
+    Both unit norm (rows without keypoints are empty); a dot product is a cosine similarity.
+    The vocabulary is closed under mirroring, so the mirrored vectors are the seen ones with
+    their columns swapped: one assignment pass instead of two.
     """
     n = len(kp.descriptors)
     counts = [len(d) for d in kp.descriptors]
     every = np.concatenate([d for d in kp.descriptors if len(d)] or [np.zeros((0, 128))])
     every = every.astype(np.float32, copy=False)
-    half = min(WORDS // 2, len(every))
-    if half < 1:
-        return np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)
+    if len(every) == 0:
+        empty = sparse.csr_matrix((n, WORDS), dtype=np.float32)
+        return empty, empty.copy()
     rng = np.random.default_rng(seed)
     sample = _root(every[rng.choice(len(every), min(SAMPLE, len(every)), replace=False)])
-    fitted = _kmeans(sample, half, rng)
-    vocabulary = np.concatenate([fitted, fitted[:, MIRROR]])  # (2 * half, 128)
-    k = len(vocabulary)
-    mirror_word = np.concatenate([np.arange(half, k), np.arange(half)])
-    nearest = _nearest(every, vocabulary, 2, root=True)  # (M, 2); the second counts half
+    vocabulary = Vocabulary.fit(sample, rng)
+    nearest = vocabulary.assign(every)  # (M, 2); the second counts half
     owner = np.repeat(np.arange(n), counts)
-    cells = np.concatenate([owner * k + nearest[:, 0], owner * k + nearest[:, 1]])
     weights = np.repeat(np.float32([1.0, 0.5]), len(every))
-    seen = np.bincount(cells, weights, n * k).reshape(n, k).astype(np.float32)
-    mirrored = seen[:, mirror_word]
-    idf = np.log((n + 1) / (1 + ((seen + mirrored) > 0).sum(axis=0))).astype(np.float32)
+    seen = sparse.csr_matrix(
+        (weights, (np.tile(owner, 2), nearest.T.ravel())), shape=(n, WORDS), dtype=np.float32
+    )  # duplicates are summed
+    mirrored = seen[:, vocabulary.mirror_word]
+    df = np.bincount((seen + mirrored).indices, minlength=WORDS)
+    idf = np.log((n + 1) / (1 + df)).astype(np.float32)
 
-    def unit(h: np.ndarray) -> np.ndarray:
-        h = np.sqrt(h) * idf  # square root: one busy word does not drown the rest
-        return h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-6)
+    def unit(h: sparse.csr_matrix) -> sparse.csr_matrix:
+        h = h.copy()
+        h.data = np.sqrt(h.data) * idf[h.indices]  # square root: one busy word does not drown
+        norms = np.sqrt(np.asarray(h.multiply(h).sum(axis=1), np.float32).ravel())
+        h.data /= np.maximum(np.repeat(norms, np.diff(h.indptr)), 1e-6)
+        return h
 
     return unit(seen), unit(mirrored)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A two-level vocabulary tree closed under mirroring (``WORDS`` words).
+
+    ``COARSE`` coarse words (half k-means centres, half their mirror images), each with up
+    to ``FINE`` fine words fitted on the descriptors that fall in it; word = coarse * FINE +
+    fine. The mirror of coarse word c's fine words are the fine words of c's mirror.
+    """
+
+    coarse: np.ndarray  # (COARSE, 128) RootSIFT centres
+    fine: np.ndarray  # (COARSE, FINE, 128) centres under each coarse word
+    usable: np.ndarray  # (COARSE, FINE) bool: a fitted fine word (a sparse cell has fewer)
+    mirror_word: np.ndarray  # (WORDS,) int: the word of the mirrored descriptor
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, rng: np.random.Generator) -> Vocabulary:
+        """Fit on (M, 128) RootSIFT descriptors (seeded)."""
+        half = COARSE // 2
+        fitted = _kmeans(sample, min(half, len(sample)), rng)
+        fitted = np.concatenate([fitted, np.repeat(fitted[-1:], half - len(fitted), axis=0)])
+        coarse = np.concatenate([fitted, fitted[:, MIRROR]])
+        owner = _nearest(sample, coarse)
+        fine = np.zeros((COARSE, FINE, 128), np.float32)
+        usable = np.zeros((COARSE, FINE), bool)
+        for c in range(half):  # a cell's members, and its mirror cell's members mirrored
+            members = np.concatenate([sample[owner == c], sample[owner == c + half][:, MIRROR]])
+            if len(members) == 0:
+                members = coarse[c : c + 1]
+            k = min(FINE, len(members))
+            fine[c, :k] = _kmeans(members, k, rng, rounds=6)
+            fine[c + half, :k] = fine[c, :k][:, MIRROR]
+            usable[c, :k] = usable[c + half, :k] = True
+        mirror_coarse = np.concatenate([np.arange(half, COARSE), np.arange(half)])
+        mirror_word = (mirror_coarse[:, None] * FINE + np.arange(FINE)).ravel()
+        return cls(coarse, fine, usable, mirror_word)
+
+    def assign(self, desc: np.ndarray) -> np.ndarray:
+        """(M, 128) raw unit SIFT descriptors -> (M, 2) words: the nearest fine word of the
+        nearest coarse word, and the second nearest fine word there."""
+        top = _nearest(desc, self.coarse, root=True)
+        order = np.argsort(top, kind="stable")
+        edges = np.searchsorted(top[order], np.arange(COARSE + 1))
+        words = np.empty((len(desc), 2), np.int64)
+        for c in range(COARSE):  # one product per coarse word, with its fine words
+            rows = order[edges[c] : edges[c + 1]]
+            if len(rows):  # a cell with one fine word gives it twice
+                centres = self.fine[c, : self.usable[c].sum()]
+                words[rows] = c * FINE + _nearest(_root(desc[rows]), centres, 2)
+        return words
 
 
 def _root(desc: np.ndarray) -> np.ndarray:
@@ -147,8 +212,10 @@ def _kmeans(sample: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 
     centres = sample[rng.choice(len(sample), k, replace=False)].copy()
     for _ in range(rounds):
         words = _nearest(sample, centres)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, words, sample)
-        counts = np.bincount(words, minlength=k)[:, None]
-        centres = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
+        order = np.argsort(words, kind="stable")
+        counts = np.bincount(words, minlength=k)
+        filled = counts > 0
+        starts = np.cumsum(counts) - counts
+        sums = np.add.reduceat(sample[order], starts[filled], axis=0)
+        centres[filled] = sums / counts[filled, None]
     return centres.astype(np.float32)

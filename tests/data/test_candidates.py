@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import sparse
 
 from scalpnet.data import candidates, copies, keypoints
 from scalpnet.data.fingerprints import Scan
@@ -41,7 +42,10 @@ def test_the_symmetric_search_keeps_each_rows_best_partners():
     seen = rng.random((n, width), dtype=np.float32) ** 4
     seen /= np.linalg.norm(seen, axis=1, keepdims=True)
     mirrored = seen[:, swap]
-    found = {tuple(p) for p in candidates.word_pairs(seen, mirrored, k, workers=2, block=64)}
+    found = candidates.word_pairs(
+        sparse.csr_matrix(seen), sparse.csr_matrix(mirrored), k, workers=2, block=64
+    )
+    found = {tuple(p) for p in found.tolist()}
     scores = np.maximum(seen @ seen.T, seen @ mirrored.T)
     np.fill_diagonal(scores, -np.inf)
     best = np.argsort(-scores, axis=1)[:, :k]

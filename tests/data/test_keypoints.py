@@ -40,9 +40,11 @@ def test_mirrored_keypoints_equal_detection_on_the_mirrored_view():
 def test_word_vectors_are_unit_and_see_a_copy_as_its_photo():
     views = np.stack([textured(s) for s in range(6)] + [np.ascontiguousarray(textured(0)[:, ::-1])])
     seen, mirrored = keypoints.word_vectors(keypoints.extract(views, workers=1))
-    np.testing.assert_allclose(np.linalg.norm(seen, axis=1), 1.0, atol=1e-5)
-    to_mirror = seen[0] @ mirrored.T  # the flipped copy, seen mirrored, is the photo itself
-    assert int(np.argmax(to_mirror)) == 6
+    assert seen.shape == mirrored.shape == (7, keypoints.WORDS)
+    for vectors in (seen, mirrored):
+        np.testing.assert_allclose(np.sqrt(vectors.multiply(vectors).sum(axis=1)), 1.0, atol=1e-5)
+    to_mirror = (seen[0] @ mirrored.T).toarray().ravel()  # the flipped copy, seen mirrored,
+    assert int(np.argmax(to_mirror)) == 6  # is the photo itself
 
 
 def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partners():
@@ -57,7 +59,23 @@ def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partn
     planted = [copies.plant(photos[k], rng, ("rotate", "zoom"))[0] for k in copies_of]
     views = np.stack([view(rgb) for rgb in photos + [to_model_input(c, 256) for c in planted]])
     seen, mirrored = keypoints.word_vectors(keypoints.extract(views, workers=1))
-    scores = np.maximum(seen @ seen.T, seen @ mirrored.T)
+    scores = np.maximum((seen @ seen.T).toarray(), (seen @ mirrored.T).toarray())
     np.fill_diagonal(scores, -1)
     found = [k in np.argsort(-scores[50 + c])[:8] for c, k in enumerate(copies_of)]
     assert sum(found) >= 8, found  # the photo among the copy's 8 best of 59
+
+
+def test_the_vocabulary_gives_a_mirrored_descriptor_the_mirror_of_its_word():
+    """Closed under mirroring: the mirrored vectors are the seen ones, columns swapped."""
+    kp = keypoints.extract(np.stack([textured(s) for s in range(40)]), workers=1)
+    every = np.concatenate(kp.descriptors)
+    rng = np.random.default_rng(0)
+    vocabulary = keypoints.Vocabulary.fit(keypoints._root(every.copy()), rng)
+    words = vocabulary.assign(every)  # (M, 2)
+    mirrored = vocabulary.assign(np.ascontiguousarray(every[:, keypoints.MIRROR]))
+    assert words.shape == (len(every), 2) and words.max() < keypoints.WORDS
+    assert (words[:, 0] != words[:, 1]).mean() > 0.9  # a second word, not the first again
+    same = vocabulary.mirror_word[words[:, 0]] == mirrored[:, 0]
+    assert same.mean() > 0.99  # float rounding may break an exact tie
+    twice = vocabulary.mirror_word[vocabulary.mirror_word]
+    assert np.array_equal(twice, np.arange(keypoints.WORDS))
