@@ -289,7 +289,7 @@ def _add_audit(verbs) -> Handler:
         type=float,
         default=None,
         help="pair score (0-1: correlation of the aligned fine texture) at which two "
-        "images count as the same photo (default 0.65, calibrated on planted copies of "
+        "images count as the same photo (default 0.67, calibrated on planted copies of "
         "214 real photos: see README; lower finds more copies and risks joining "
         "different photos of one patient)",
     )

@@ -1,12 +1,15 @@
 """One pass over the image files: fingerprints, verification views, digests, read errors.
 
-Each image is decoded once, at full size, and leaves four things behind:
+Each image is decoded once, at full size, and leaves five things behind:
 
 * a **fingerprint**: a (32, 32) grey thumbnail (luma, area-averaged, lightly blurred), so
   colour changes, greyscale copies, re-encoding and resizing barely touch it: the
   candidate search and the template score work on these;
 * a **view**: a (96, 96) grey uint8 thumbnail (9 KB an image), where skin and hair texture
-  still differ between photos: the geometric verification works on these;
+  still differ between photos: the geometric verification's correlation works on these;
+* a **detail view**: a (160, 160) grey uint8 thumbnail (25 KB an image) for the SIFT
+  keypoints: a copy magnified 1.5-2x (a rotation's inner square, a crop, a zoom) shows
+  detail that a 96x96 view of its photo has lost, so keypoints found at 96 px rarely match;
 * the sha256 of the file bytes and a digest of the decoded pixels (exact duplicates).
 """
 
@@ -31,6 +34,7 @@ FP_SIZE = 32  # fingerprint side: (32, 32) grey thumbnail
 FP_DIM = FP_SIZE * FP_SIZE
 FP_BLUR = 0.7  # Gaussian sigma on the thumbnail, pixels
 VIEW_SIZE = 96  # verification view side: (96, 96) grey uint8
+DETAIL_SIZE = 160  # keypoint view side: (160, 160) grey uint8
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Scan:
 
     fingerprints: np.ndarray  # (N, FP_DIM) float32, rows of unreadable files are zero
     views: np.ndarray  # (N, VIEW_SIZE, VIEW_SIZE) uint8 grey, zero when unreadable
+    details: np.ndarray  # (N, DETAIL_SIZE, DETAIL_SIZE) uint8 grey, zero when unreadable
     file_digests: list[str]  # sha256 of the file bytes ("" when unreadable)
     pixel_digests: list[str]  # digest of the decoded RGB pixels ("" when unreadable)
     errors: list[str | None]  # None, or why the file could not be read
@@ -50,6 +55,9 @@ class Scan:
         return cls(
             np.stack([fingerprint(rgb) for rgb in images]).reshape(len(images), FP_DIM),
             np.stack([view(rgb) for rgb in images]).reshape(len(images), VIEW_SIZE, VIEW_SIZE),
+            np.stack([view(rgb, DETAIL_SIZE) for rgb in images]).reshape(
+                len(images), DETAIL_SIZE, DETAIL_SIZE
+            ),
             list(digests),
             list(digests),
             [None] * len(images),
@@ -61,6 +69,7 @@ class Scan:
         return Scan(
             self.fingerprints[keep],
             self.views[keep],
+            self.details[keep],
             [self.file_digests[i] for i in keep],
             [self.pixel_digests[i] for i in keep],
             [self.errors[i] for i in keep],
@@ -83,9 +92,9 @@ def fingerprint(rgb: np.ndarray) -> np.ndarray:
     return thumb.reshape(FP_DIM)
 
 
-def view(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB (or (H, W) grey) -> (VIEW_SIZE, VIEW_SIZE) uint8 grey thumbnail."""
-    return cv2.resize(_grey(rgb), (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_AREA)
+def view(rgb: np.ndarray, size: int = VIEW_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 RGB (or (H, W) grey) -> (size, size) uint8 grey thumbnail."""
+    return cv2.resize(_grey(rgb), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _pixel_digest(rgb: np.ndarray) -> str:
@@ -94,18 +103,23 @@ def _pixel_digest(rgb: np.ndarray) -> str:
     return pixels.hexdigest()
 
 
-def _scan_one(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str, str, str | None]:
+_Found = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, str, str, str | None]
+
+
+def _scan_one(path: Path) -> _Found:
+    """(fingerprint, view, detail view, file digest, pixel digest, None), or Nones and why."""
     try:
         data = Path(path).read_bytes()
         named = io.BytesIO(data)
         named.name = f"'{path}'"  # load_image's messages name the file
         rgb = load_image(named)  # full size: "same pixels" must mean all of them
     except InvalidImageError as exc:
-        return None, None, "", "", str(exc)
+        return None, None, None, "", "", str(exc)
     except OSError as exc:
-        return None, None, "", "", f"cannot read '{path}': {exc.strerror or exc}"
+        return None, None, None, "", "", f"cannot read '{path}': {exc.strerror or exc}"
     digest = hashlib.sha256(data).hexdigest()
-    return fingerprint(rgb), view(rgb), digest, _pixel_digest(rgb), None
+    grey = _grey(rgb)
+    return fingerprint(grey), view(grey), view(grey, DETAIL_SIZE), digest, _pixel_digest(rgb), None
 
 
 def scan(paths: Sequence[Path], workers: int | None = None) -> Scan:
@@ -113,14 +127,15 @@ def scan(paths: Sequence[Path], workers: int | None = None) -> Scan:
     workers = workers or os.cpu_count() or 1
     fps = np.zeros((len(paths), FP_DIM), np.float32)
     views = np.zeros((len(paths), VIEW_SIZE, VIEW_SIZE), np.uint8)
+    details = np.zeros((len(paths), DETAIL_SIZE, DETAIL_SIZE), np.uint8)
     file_digests, pixel_digests, errors = [""] * len(paths), [""] * len(paths), [None] * len(paths)
     # Pillow's decoders and OpenCV release the GIL, so threads overlap the decoding.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, (fp, v, fd, pd, err) in enumerate(pool.map(_scan_one, paths, chunksize=64)):
+        for i, (fp, v, d, fd, pd, err) in enumerate(pool.map(_scan_one, paths, chunksize=64)):
             if fp is not None:
-                fps[i], views[i] = fp, v
+                fps[i], views[i], details[i] = fp, v, d
             file_digests[i], pixel_digests[i], errors[i] = fd, pd, err
-    return Scan(fps, views, file_digests, pixel_digests, errors)
+    return Scan(fps, views, details, file_digests, pixel_digests, errors)
 
 
 def scan_strict(paths: Sequence[Path], workers: int | None = None) -> Scan:

@@ -2,7 +2,7 @@
 
 How images end up in one group:
 
-1. SIFT keypoints of every 96x96 view (``keypoints.py``);
+1. SIFT keypoints of every 160x160 detail view (``keypoints.py``);
 2. candidate pairs: each image's best partners by coarse DCT views and by visual words
    (``candidates.py``);
 3. every candidate pair is verified geometrically (``verify.py``): the pair score (most
@@ -67,7 +67,7 @@ from scalpnet.data.verify import Verifier
 from scalpnet.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-DEFAULT_THRESHOLD = 0.65  # pair score at which two images are the same photo
+DEFAULT_THRESHOLD = 0.67  # pair score at which two images are the same photo
 DEFAULT_NEIGHBOURS = 8  # coarse-view partners per image
 DEFAULT_WORD_NEIGHBOURS = 10  # visual-word partners per image: they find the harder copies
 MERGE_CHECKS = 3  # members of each group whose cross pairs decide a merge
@@ -209,7 +209,7 @@ def find_groups(
     DedupeConfig(threshold, neighbours, workers=workers, word_neighbours=word_neighbours).check()
     workers = workers or os.cpu_count() or 1
     clock = _Clock()
-    keypoints = extract(scanned.views, workers)
+    keypoints = extract(scanned.details, workers)
     clock.lap("keypoints")
     coarse = coarse_pairs(Features.build(scanned.fingerprints), neighbours, workers)
     clock.lap("coarse candidates")

@@ -1,4 +1,13 @@
-"""SIFT keypoints of every view, as seen and mirrored, and their visual-word vectors.
+"""SIFT keypoints of every detail view, as seen and mirrored, and their visual-word vectors.
+
+Keypoints come from the (160, 160) detail views (``fingerprints.DETAIL_SIZE``), not the
+96x96 ones: a copy magnified 1.5-2x (a rotation's inner square, a crop, a zoom) shows
+detail that a 96x96 view of its photo has lost, so its keypoints found nothing to match
+there. On the real photos of ``benchmarks/bench_dedupe.py --mode real`` (2026-12-03) 31
+planted copies failed verification against their photo at 96 px; keypoints at 160 px
+(220 per view) aligned 24 of them, and pair recall rose from 0.896 to 0.933 with no false
+group (at each size's lowest threshold without one). They cost about twice the SIFT
+time.
 
 SIFT is invariant to rotation by any angle, to scale and to brightness, but not to a
 mirror: a flipped copy has other descriptors. Detecting again on the mirrored view would
@@ -18,7 +27,8 @@ words too), so a mirrored descriptor's word is the mirror of its word. Each imag
 a sparse, L2-normalised, idf-weighted word histogram, as seen and mirrored (the same
 histogram with its columns swapped: one assignment pass serves both).
 
-Why so many words: with about 75 keypoints per view of skin, each in two words, 1,024
+Why so many words (measured with 96x96 views, 150 keypoints each, before the detail
+views): with about 75 keypoints per view of skin, each in two words, 1,024
 flat words left two different real photos sharing 27 words on average, against a median
 of 54 for a photo and its planted copy; with this tree they share 3.5 against 20
 (``--mode real`` images of ``benchmarks/bench_dedupe.py``, 2026-12-03). Planted pairs among
@@ -39,7 +49,7 @@ import cv2
 import numpy as np
 from scipy import sparse
 
-FEATURES = 150  # SIFT keypoints per 96x96 view (about 75 survive on skin)
+FEATURES = 220  # SIFT keypoints per 160x160 detail view (about 200 found on skin)
 CONTRAST = 0.02  # SIFT contrast threshold (OpenCV's 0.04 finds too few on smooth skin)
 COARSE = 256  # coarse visual words (half fitted, half their mirror images)
 FINE = 64  # fine words under each coarse word

@@ -1,6 +1,7 @@
 """Geometric verification: is a candidate pair the same photo, not just the same kind of skin?
 
-On (96, 96) grey views of the two images, with their SIFT keypoints (``keypoints.py``):
+On (96, 96) grey views of the two images, with the SIFT keypoints of their (160, 160)
+detail views (``keypoints.py``; matched positions are taken into the 96x96 frame):
 
 1. the second image's descriptors (as seen, then mirrored: SIFT cannot model a flip)
    are matched to the first's with Lowe's ratio test; an orientation goes on only when
@@ -40,7 +41,7 @@ import cv2
 import numpy as np
 
 from scalpnet.data.candidates import blas_single_thread
-from scalpnet.data.fingerprints import view
+from scalpnet.data.fingerprints import Scan
 from scalpnet.data.keypoints import MIRROR, Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
@@ -128,16 +129,23 @@ class Verifier:
             src = kp.mirror(points[query]) if mirrored else points[query]  # (M, 4) in b
             side_of = owner[query]
             counts = np.bincount(side_of, minlength=len(slots))
-            peaks = hough_peaks(side_of, src, pa[train], len(slots), self.size)
+            peaks = hough_peaks(side_of, src, pa[train], len(slots), kp.size)
             order = np.argsort(side_of, kind="stable")
             starts = np.cumsum(counts) - counts
             for k, slot in enumerate(slots):
                 if counts[k] >= MIN_MATCHES and peaks[k] >= MIN_INLIERS:
                     rows = order[starts[k] : starts[k] + counts[k]]
-                    found[slot].append(Orientation(mirrored, src[rows, :2], pa[train[rows], :2]))
+                    found[slot].append(Orientation(
+                        mirrored, self._in_view(src[rows, :2]), self._in_view(pa[train[rows], :2])
+                    ))  # fmt: skip
         for options in found:
             options.sort(key=lambda o: -len(o.src))
         return found
+
+    def _in_view(self, points: np.ndarray) -> np.ndarray:
+        """(M, 2) keypoint positions -> the same places in the verification views' pixels."""
+        scale = self.size / self.keypoints.size
+        return points if scale == 1 else (points + 0.5) * scale - 0.5
 
     def transform(self, src: np.ndarray, dst: np.ndarray, mirrored: bool) -> np.ndarray | None:
         """(3, 3) affine fitted by RANSAC to matched positions, taking view b (mirrored
@@ -368,5 +376,5 @@ def _highpass(v: np.ndarray) -> np.ndarray:
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """The pair score of two (H, W, 3) uint8 RGB images: 1.0 for the same pixels."""
-    views = np.stack([view(a), view(b)])
-    return Verifier(views, extract(views, workers=1)).score(0, 1)
+    scanned = Scan.of_images([a, b])
+    return Verifier(scanned.views, extract(scanned.details, workers=1)).score(0, 1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scalpnet.data import fingerprints
-from scalpnet.data.fingerprints import FP_DIM, VIEW_SIZE, Scan
+from scalpnet.data.fingerprints import DETAIL_SIZE, FP_DIM, VIEW_SIZE, Scan
 from scalpnet.errors import InvalidImageError
 
 
@@ -37,9 +37,13 @@ def test_scan_of_files_matches_scan_of_images(tmp_path):
         cv2.imwrite(str(paths[-1]), rgb[:, :, ::-1])
     from_files, in_memory = fingerprints.scan(paths, workers=2), Scan.of_images(images)
     np.testing.assert_array_equal(from_files.views, in_memory.views)
+    np.testing.assert_array_equal(from_files.details, in_memory.details)
+    assert from_files.details.shape == (2, DETAIL_SIZE, DETAIL_SIZE)
     np.testing.assert_allclose(from_files.fingerprints, in_memory.fingerprints)
     assert from_files.pixel_digests == in_memory.pixel_digests
-    assert from_files.subset([1]).pixel_digests == [in_memory.pixel_digests[1]]
+    only = from_files.subset([1])
+    assert only.pixel_digests == [in_memory.pixel_digests[1]]
+    np.testing.assert_array_equal(only.details, in_memory.details[1:])
 
 
 def test_exact_duplicates_same_bytes_and_same_pixels(tmp_path, real_scalp_dir):
@@ -59,6 +63,6 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     found = fingerprints.scan([bad])
-    assert "broken.png" in found.errors[0] and not found.views.any()
+    assert "broken.png" in found.errors[0] and not found.views.any() and not found.details.any()
     with pytest.raises(InvalidImageError, match=r"broken\.png"):
         fingerprints.scan_strict([bad])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scalpnet.data import copies, verify
-from scalpnet.data.fingerprints import view
+from scalpnet.data.fingerprints import DETAIL_SIZE, VIEW_SIZE, Scan, view
 from scalpnet.data.keypoints import extract
 from scalpnet.data.preprocess import load_image, to_model_input
 
@@ -69,6 +69,25 @@ def test_refinement_recovers_an_alignment_a_few_pixels_off_on_a_real_photo():
     assert v.correlation(0, 1, refined) > 0.9
     corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], float).T
     assert np.abs((refined @ corners) - (copy_on_photo @ corners)).max() < 0.5  # pixels
+
+
+def test_keypoints_of_the_detail_views_align_the_smaller_views():
+    """Keypoints come from 160 px detail views; the alignment is in the 96 px views' pixels."""
+    if not REAL_PHOTOS.is_dir():
+        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
+    photo = to_model_input(load_image(sorted(REAL_PHOTOS.glob("*/*.jpg"))[0]), 256)
+    truth = cv2.getRotationMatrix2D((128, 128), 37, 1.5)  # photo -> copy, 256 px
+    copy = cv2.warpAffine(photo, truth, (256, 256), borderMode=cv2.BORDER_REFLECT)
+    scanned = Scan.of_images([photo, copy])
+    assert scanned.details.shape[-1] == DETAIL_SIZE > scanned.views.shape[-1]
+    v = verify.Verifier(scanned.views, extract(scanned.details, workers=1))
+    found = v.match(0, 1)
+    assert found.score > 0.9
+    k = VIEW_SIZE / 256  # pixel centres: u = (x + 0.5) k - 0.5
+    to_view = np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]])
+    expected = to_view @ np.linalg.inv(np.vstack([truth, [0, 0, 1]])) @ np.linalg.inv(to_view)
+    corners = np.array([[20, 20, 1], [75, 20, 1], [20, 75, 1], [75, 75, 1]], float).T
+    assert np.abs(found.matrix @ corners - expected @ corners).max() < 0.5  # view pixels
 
 
 def test_refinement_does_not_make_different_real_photos_match():
