@@ -55,6 +55,7 @@ COARSE = 256  # coarse visual words (half fitted, half their mirror images)
 FINE = 64  # fine words under each coarse word
 WORDS = COARSE * FINE  # 16,384 visual words
 SAMPLE = 48_000  # descriptors the vocabulary is fitted on
+ASSIGN_IMAGES = 2048  # images whose descriptors are assigned to words at a time
 _BINS = np.arange(128).reshape(4, 4, 8)
 MIRROR = _BINS[::-1][:, :, (-np.arange(8)) % 8].ravel()  # descriptor of the mirrored patch
 
@@ -113,18 +114,26 @@ def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, spars
     their columns swapped: one assignment pass instead of two.
     """
     n = len(kp.descriptors)
-    counts = [len(d) for d in kp.descriptors]
-    every = np.concatenate([d for d in kp.descriptors if len(d)] or [np.zeros((0, 128))])
-    every = every.astype(np.float32, copy=False)
-    if len(every) == 0:
+    counts = np.array([len(d) for d in kp.descriptors], np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])  # descriptor m of the set: image, row
+    total = int(starts[-1])
+    if total == 0:
         empty = sparse.csr_matrix((n, WORDS), dtype=np.float32)
         return empty, empty.copy()
     rng = np.random.default_rng(seed)
-    sample = _root(every[rng.choice(len(every), min(SAMPLE, len(every)), replace=False)])
-    vocabulary = Vocabulary.fit(sample, rng)
-    nearest = vocabulary.assign(every)  # (M, 2); the second counts half
+    picked = rng.choice(total, min(SAMPLE, total), replace=False)
+    image = np.searchsorted(starts, picked, side="right") - 1
+    rows = picked - starts[image]
+    sample = _root(np.stack([kp.descriptors[i][r] for i, r in zip(image, rows, strict=True)]))
+    vocabulary = Vocabulary.fit(sample.astype(np.float32, copy=False), rng)
+    nearest = np.empty((total, 2), np.int64)  # the second word counts half
+    for first in range(0, n, ASSIGN_IMAGES):  # no copy of the whole set's descriptors
+        last = min(n, first + ASSIGN_IMAGES)
+        if starts[last] > starts[first]:
+            chunk = np.concatenate(kp.descriptors[first:last]).astype(np.float32, copy=False)
+            nearest[starts[first] : starts[last]] = vocabulary.assign(chunk)
     owner = np.repeat(np.arange(n), counts)
-    weights = np.repeat(np.float32([1.0, 0.5]), len(every))
+    weights = np.repeat(np.float32([1.0, 0.5]), total)
     seen = sparse.csr_matrix(
         (weights, (np.tile(owner, 2), nearest.T.ravel())), shape=(n, WORDS), dtype=np.float32
     )  # duplicates are summed
