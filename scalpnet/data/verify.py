@@ -84,7 +84,8 @@ class Verifier:
 
     Args:
         views: (N, S, S) uint8 grey views (``fingerprints.view``).
-        keypoints: their SIFT keypoints (``keypoints.extract``).
+        keypoints: the SIFT keypoints of their detail views (``keypoints.extract``), or of
+            any square view of the same images: positions are scaled to ``views``.
     """
 
     def __init__(self, views: np.ndarray, keypoints: Keypoints) -> None:
