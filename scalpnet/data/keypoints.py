@@ -4,10 +4,10 @@ Keypoints come from the (160, 160) detail views (``fingerprints.DETAIL_SIZE``), 
 96x96 ones: a copy magnified 1.5-2x (a rotation's inner square, a crop, a zoom) shows
 detail that a 96x96 view of its photo has lost, so its keypoints found nothing to match
 there. On the real photos of ``benchmarks/bench_dedupe.py --mode real`` (2026-12-03) 31
-planted copies failed verification against their photo at 96 px; keypoints at 160 px
-(220 per view) aligned 24 of them, and pair recall rose from 0.896 to 0.933 with no false
-group (at each size's lowest threshold without one). They cost about twice the SIFT
-time.
+planted copies failed verification against their photo at 96 px; 220 keypoints of each
+160 px view aligned 23 of them (a one-off probe), and pair recall rose from 0.896 to 0.933
+with no false group (at each size's lowest threshold without one). They cost about twice
+the SIFT time.
 
 SIFT is invariant to rotation by any angle, to scale and to brightness, but not to a
 mirror: a flipped copy has other descriptors. Detecting again on the mirrored view would
