@@ -145,8 +145,8 @@ def _build_report(result: AuditResult, config: AuditConfig) -> dict:
         "neighbours": config.neighbours,
         "word_neighbours": config.word_neighbours,
         "method": "candidates: low-frequency DCT views of 32x32 grey thumbnails under 8 "
-        "rotations/flips, plus SIFT visual words; pair score: SIFT matches on 96x96 views "
-        "that agree on one pose, one RANSAC affine transform (refined by ECC), correlation "
+        "rotations/flips, plus SIFT visual words; pair score: SIFT matches of 160x160 detail "
+        "views that agree on one pose, one RANSAC affine transform (refined by ECC), correlation "
         "of the aligned fine texture; groups: "
         "links at the threshold, strongest first, two groups merged only when most cross "
         "pairs of their first members match too",

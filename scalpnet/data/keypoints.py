@@ -55,7 +55,7 @@ COARSE = 256  # coarse visual words (half fitted, half their mirror images)
 FINE = 64  # fine words under each coarse word
 WORDS = COARSE * FINE  # 16,384 visual words
 SAMPLE = 48_000  # descriptors the vocabulary is fitted on
-ASSIGN_IMAGES = 2048  # images whose descriptors are assigned to words at a time
+ASSIGN_IMAGES = 1024  # images whose descriptors are assigned to words at a time
 _BINS = np.arange(128).reshape(4, 4, 8)
 MIRROR = _BINS[::-1][:, :, (-np.arange(8)) % 8].ravel()  # descriptor of the mirrored patch
 
@@ -125,7 +125,7 @@ def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, spars
     image = np.searchsorted(starts, picked, side="right") - 1
     rows = picked - starts[image]
     sample = _root(np.stack([kp.descriptors[i][r] for i, r in zip(image, rows, strict=True)]))
-    vocabulary = Vocabulary.fit(sample.astype(np.float32, copy=False), rng)
+    vocabulary = Vocabulary.fit(sample, rng)
     nearest = np.empty((total, 2), np.int64)  # the second word counts half
     for first in range(0, n, ASSIGN_IMAGES):  # no copy of the whole set's descriptors
         last = min(n, first + ASSIGN_IMAGES)
@@ -162,7 +162,7 @@ class Vocabulary:
 
     coarse: np.ndarray  # (COARSE, 128) RootSIFT centres
     fine: np.ndarray  # (COARSE, FINE, 128) centres under each coarse word
-    usable: np.ndarray  # (COARSE, FINE) bool: a fitted fine word (a sparse cell has fewer)
+    fine_count: np.ndarray  # (COARSE,) int: fine words fitted (a sparse cell has fewer)
     mirror_word: np.ndarray  # (WORDS,) int: the word of the mirrored descriptor
 
     @classmethod
@@ -174,7 +174,7 @@ class Vocabulary:
         coarse = np.concatenate([fitted, fitted[:, MIRROR]])
         owner = _nearest(sample, coarse)
         fine = np.zeros((COARSE, FINE, 128), np.float32)
-        usable = np.zeros((COARSE, FINE), bool)
+        fine_count = np.zeros(COARSE, np.int64)
         for c in range(half):  # a cell's members, and its mirror cell's members mirrored
             members = np.concatenate([sample[owner == c], sample[owner == c + half][:, MIRROR]])
             if len(members) == 0:
@@ -182,23 +182,24 @@ class Vocabulary:
             k = min(FINE, len(members))
             fine[c, :k] = _kmeans(members, k, rng, rounds=6)
             fine[c + half, :k] = fine[c, :k][:, MIRROR]
-            usable[c, :k] = usable[c + half, :k] = True
+            fine_count[c] = fine_count[c + half] = k
         mirror_coarse = np.concatenate([np.arange(half, COARSE), np.arange(half)])
         mirror_word = (mirror_coarse[:, None] * FINE + np.arange(FINE)).ravel()
-        return cls(coarse, fine, usable, mirror_word)
+        return cls(coarse, fine, fine_count, mirror_word)
 
     def assign(self, desc: np.ndarray) -> np.ndarray:
         """(M, 128) raw unit SIFT descriptors -> (M, 2) words: the nearest fine word of the
         nearest coarse word, and the second nearest fine word there."""
-        top = _nearest(desc, self.coarse, root=True)
+        desc = _root(desc)  # RootSIFT once, for both levels
+        top = _nearest(desc, self.coarse)
         order = np.argsort(top, kind="stable")
         edges = np.searchsorted(top[order], np.arange(COARSE + 1))
         words = np.empty((len(desc), 2), np.int64)
         for c in range(COARSE):  # one product per coarse word, with its fine words
             rows = order[edges[c] : edges[c + 1]]
             if len(rows):  # a cell with one fine word gives it twice
-                centres = self.fine[c, : self.usable[c].sum()]
-                words[rows] = c * FINE + _nearest(_root(desc[rows]), centres, 2)
+                centres = self.fine[c, : self.fine_count[c]]
+                words[rows] = c * FINE + _nearest(desc[rows], centres, 2)
         return words
 
 
@@ -208,16 +209,14 @@ def _root(desc: np.ndarray) -> np.ndarray:
     return np.sqrt(out, out=out)
 
 
-def _nearest(
-    desc: np.ndarray, centres: np.ndarray, count: int = 1, root: bool = False
-) -> np.ndarray:
-    """(M, 128) descriptors (raw SIFT made RootSIFT on the way when ``root``) -> (M, count)
-    indices of the nearest (K, 128) centres, the nearest first; (M,) when count is 1."""
+def _nearest(desc: np.ndarray, centres: np.ndarray, count: int = 1) -> np.ndarray:
+    """(M, 128) descriptors -> (M, count) indices of the nearest (K, 128) centres, the
+    nearest first; (M,) when count is 1."""
     words = np.empty((len(desc), count), np.int64)
     half = (centres * centres).sum(axis=1) / 2
     for start in range(0, len(desc), 65536):  # bounded temporaries
         chunk = desc[start : start + 65536]
-        scores = (_root(chunk) if root else chunk) @ centres.T
+        scores = chunk @ centres.T
         scores -= half
         rows = np.arange(len(scores))
         for rank in range(count):  # argmax passes: far cheaper than a partial sort
