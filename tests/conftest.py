@@ -1,8 +1,12 @@
-"""Shared fixtures. Heavy ones (a trained tiny run) are session-scoped and built once."""
+"""Shared fixtures, and how the suite is spread over pytest-xdist's workers.
+
+Heavy fixtures (a trained tiny run) are session-scoped: built once per worker process.
+"""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -73,3 +77,24 @@ def tiny_run(tmp_path_factory) -> Path:
     of a model trained on synthetic images at 64 px; its card's dataset.csv is a labels.csv
     with train/val/test. Shared by the whole session: copy it before changing anything."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+# --------------------------------------------------------------------------- workers
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook runs later)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Spread the suite over pytest-xdist's workers (pyproject's addopts: ``-n 2 --dist
+    loadgroup``).
+
+    Each test module runs whole on one worker, so its module-scoped fixtures are built
+    once, and the modules that use ``tiny_run`` share one worker, so the tiny run is trained
+    once. The groups with the most ``slow`` tests go first, so that the long ones start
+    early and the two workers finish together.
+    """
+    shares_tiny_run = {item.module.__name__ for item in items if "tiny_run" in item.fixturenames}
+    group = {}
+    for item in items:
+        module = item.module.__name__
+        group[item] = "tiny_run" if module in shares_tiny_run else module
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    slow = Counter(group[item] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[group[item]])  # stable: each module keeps its order
