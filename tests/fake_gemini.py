@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -328,8 +329,7 @@ class FakeGemini:
             return self
         handler = type("_Handler", (_Handler,), {"fake": self})
         self._stop.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self._port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -414,6 +414,16 @@ def _merge_events(events: tuple[dict, ...]) -> dict:
             cand["content"] = {"role": "model", "parts": [{"text": text}]}
         merged["candidates"] = [cand]
     return merged
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that drops a kept-alive connection (the SDK closing its pool) is normal:
+        no traceback on stderr for it."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
