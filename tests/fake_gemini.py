@@ -318,7 +318,7 @@ class FakeGemini:
         self._requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------
