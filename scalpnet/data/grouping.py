@@ -66,7 +66,7 @@ import numpy as np
 
 from scalpnet.data.candidates import Features, coarse_pairs, word_pairs
 from scalpnet.data.fingerprints import Scan, same, scan_strict
-from scalpnet.data.keypoints import extract, word_vectors
+from scalpnet.data.keypoints import extract, project, word_vectors
 from scalpnet.data.verify import Verifier
 from scalpnet.errors import ConfigError
 
@@ -220,6 +220,7 @@ def find_groups(
     words = word_pairs(*word_vectors(keypoints), word_neighbours, workers)
     clock.lap("visual-word candidates")
     pairs = np.unique(np.concatenate([coarse, words]), axis=0)
+    keypoints = project(keypoints)  # the raw descriptors are freed here
     verifier = Verifier(scanned.views, keypoints)
     matches = verifier.matches(pairs, threshold, workers)
     scores = np.array([m.score for m in matches], np.float32)

@@ -4,9 +4,11 @@ On (96, 96) grey views of the two images, with the SIFT keypoints of their (160,
 detail views (``keypoints.py``; matched positions are taken into the 96x96 frame):
 
 1. the second image's descriptors (as seen, then mirrored: SIFT cannot model a flip)
-   are matched to the first's with Lowe's ratio test; an orientation goes on only when
-   at least ``MIN_INLIERS`` matches agree on one pose (rotation, zoom and where they put
-   the view's centre: Lowe's Hough clustering, ``hough_peaks``). Chance matches between
+   are matched to the first's with Lowe's ratio test (``find_groups`` gives them as
+   RootSIFT on 48 principal axes, ``keypoints.project``; raw SIFT works the same); an
+   orientation goes on only when at least ``MIN_INLIERS`` matches agree on one pose
+   (rotation, zoom and where they put the view's centre: Lowe's Hough clustering,
+   ``hough_peaks``). Chance matches between
    two photos rarely agree, so most candidate pairs end here, before the costly steps.
    One affine transform is fitted to the matches with RANSAC (``cv2.estimateAffine2D``:
    rotation by any angle, scale, shear, shift); a mirror is folded into the transform,
@@ -42,7 +44,7 @@ import numpy as np
 
 from scalpnet.data.candidates import blas_single_thread
 from scalpnet.data.fingerprints import Scan
-from scalpnet.data.keypoints import MIRROR, Keypoints, extract
+from scalpnet.data.keypoints import Keypoints, extract
 
 RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
@@ -125,7 +127,7 @@ class Verifier:
         bs = [partners[slot] for slot in slots]
         points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
         owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
-        both = np.concatenate([da, da[:, MIRROR]])  # (2 * ka, 128)
+        both = np.concatenate([da, kp.mirrored(da)])  # (2 * ka, D)
         dots = np.concatenate([kp.descriptors[b] for b in bs]) @ both.T  # (Q, 2 * ka)
         for mirrored in (False, True):
             query, train = ratio_test(dots[:, ka * mirrored : ka * (mirrored + 1)])

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from scalpnet.data import copies, keypoints
+from scalpnet.data import copies, keypoints, verify
 from scalpnet.data.fingerprints import view
 from scalpnet.data.preprocess import load_image, to_model_input
 
@@ -79,3 +79,43 @@ def test_the_vocabulary_gives_a_mirrored_descriptor_the_mirror_of_its_word():
     assert same.mean() > 0.99  # float rounding may break an exact tie
     twice = vocabulary.mirror_word[vocabulary.mirror_word]
     assert np.array_equal(twice, np.arange(keypoints.WORDS))
+
+
+def test_a_mirrored_patch_projects_to_the_projection_with_signs_flipped():
+    """Each projected axis is mirror-symmetric or antisymmetric, so the mirror is exact."""
+    raw = keypoints.extract(np.stack([textured(s) for s in range(30)]), workers=1)
+    flipped = [np.ascontiguousarray(d[:, keypoints.MIRROR]) for d in raw.descriptors]
+    both = keypoints.Keypoints(raw.points * 2, raw.descriptors + flipped, raw.size)
+    projected = keypoints.project(both, dims=24)
+    assert set(np.unique(projected.flip).tolist()) == {-1.0, 1.0}
+    for seen, mirror in zip(projected.descriptors[:30], projected.descriptors[30:], strict=True):
+        assert seen.shape == (len(seen), 24)
+        np.testing.assert_allclose(np.linalg.norm(seen, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(projected.mirrored(seen), mirror, atol=1e-5)
+    points, desc = projected.get(0, mirrored=True)  # a view's mirror, from its keypoints
+    np.testing.assert_allclose(desc, projected.descriptors[30], atol=1e-5)
+    np.testing.assert_array_equal(points, raw.mirror(raw.points[0]))
+
+
+def test_projection_keeps_the_nearest_descriptor_of_a_clear_match():
+    """48 axes of RootSIFT: a descriptor of a turned, zoomed view whose nearest descriptor
+    of the view stands out (Lowe's ratio test) still finds it after projection."""
+    views = [textured(s) for s in range(20)]
+    m = cv2.getRotationMatrix2D((47.5, 47.5), 30, 1.2)
+    turned = [cv2.warpAffine(v, m, (96, 96), borderMode=cv2.BORDER_REFLECT) for v in views]
+    raw = keypoints.extract(np.stack(views + turned), workers=1)
+    projected = keypoints.project(raw)
+    split = sum(len(d) for d in raw.descriptors[:20])
+    root = keypoints._root(np.concatenate(raw.descriptors))
+    kept = np.concatenate(projected.descriptors)
+    assert kept.shape == (len(root), keypoints.MATCH_DIMS)
+    query, nearest = verify.ratio_test(root[split:] @ root[:split].T)
+    assert len(query) > 100
+    after = np.argmax(kept[split:][query] @ kept[:split].T, axis=1)
+    assert (after == nearest).mean() > 0.95
+
+
+def test_projecting_no_keypoints_gives_empty_descriptors():
+    flat = np.full((2, 64, 64), 128, np.uint8)  # nothing to detect
+    projected = keypoints.project(keypoints.extract(flat, workers=1))
+    assert [d.shape for d in projected.descriptors] == [(0, keypoints.MATCH_DIMS)] * 2

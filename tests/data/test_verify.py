@@ -10,7 +10,7 @@ import pytest
 
 from scalpnet.data import copies, verify
 from scalpnet.data.fingerprints import DETAIL_SIZE, VIEW_SIZE, Scan, view
-from scalpnet.data.keypoints import extract
+from scalpnet.data.keypoints import extract, project
 from scalpnet.data.preprocess import load_image, to_model_input
 
 
@@ -151,3 +151,18 @@ def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
     found = v.orientations(13, list(range(13)))
     assert [o.mirrored for o in found[0]][:1] == [True]
     assert sum(bool(f) for f in found[1:]) <= 3, [len(f) for f in found]
+
+
+def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do():
+    """What find_groups matches with: RootSIFT on its principal axes (keypoints.project)."""
+    views = real_views(13)
+    side = views.shape[1]
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), 41, 1.4)
+    copy = cv2.warpAffine(views[0], m, (side, side), borderMode=cv2.BORDER_REFLECT)
+    views = np.concatenate([views, copy[None, :, ::-1]])  # turned, zoomed, flipped
+    raw = extract(views, workers=1)
+    by_raw, by_projection = verify.Verifier(views, raw), verify.Verifier(views, project(raw))
+    assert by_projection.score(0, 13) > 0.9
+    assert abs(by_projection.score(0, 13) - by_raw.score(0, 13)) < 0.05
+    found = by_projection.orientations(13, list(range(1, 13)))
+    assert sum(bool(f) for f in found) <= 3, [len(f) for f in found]
