@@ -305,7 +305,7 @@ def _add_audit(verbs) -> Handler:
         type=int,
         default=None,
         help="candidate partners verified per image from the visual words, which find "
-        "turned, cropped and zoomed copies (default 10; more is slower and misses fewer)",
+        "turned, cropped and zoomed copies (default 20; more is slower and misses fewer)",
     )
     p.add_argument(
         "--workers", type=int, default=None, help="parallel threads (default: all cores)"

@@ -30,37 +30,36 @@ with two seeded copies of two or three stacked Kaggle-style transformations
 each photo with its copies, plus 13 pairs of the fixture's files that the audit found to
 be one photo and that were confirmed by eye (tests/data/real_photos_same_photo.csv). Pair
 recall / pair precision / groups joining two different photos, pooled over the three
-plantings (2026-12-03 18:07, 2-core machine, keypoints of the 160x160 detail views matched
-on 48 principal axes, 10 visual-word partners per image from the 16,384-word tree of
-keypoints.py):
+plantings (2026-12-03 18:37, 2-core machine, the 160 strongest keypoints of each 160x160
+detail view matched on 48 principal axes, 20 visual-word partners per image from the
+16,384-word tree of keypoints.py):
 
-    threshold 0.6:  0.948 / 0.986 / 4 (two shots of one scalp taken moments apart, one
-                    watermark: seborrheic-dermatitis-148/149, in every planting; and
-                    alopecia-areata-55 with seborrheic-dermatitis-11, a bald crown and a
-                    forehead under one large Dermnet watermark, in one)
-    threshold 0.65: 0.936 / 0.988 / 3 (148/149)
-    threshold 0.66: 0.932 / 0.992 / 2 (148/149)
-    threshold 0.67: 0.925 / 1.000 / 0   <- the default: the lowest with no false group
-    threshold 0.68: 0.921 / 1.000 / 0
-    threshold 0.7:  0.914 / 1.000 / 0
-    threshold 0.75: 0.894 / 1.000 / 0
-    threshold 0.8:  0.873 / 1.000 / 0
+    threshold 0.6:  0.958 / 0.988 / 3 (two shots of one scalp taken moments apart, one
+                    watermark: seborrheic-dermatitis-148/149, in every planting)
+    threshold 0.65: 0.944 / 0.992 / 2 (148/149)
+    threshold 0.66: 0.941 / 0.992 / 2 (148/149)
+    threshold 0.67: 0.935 / 1.000 / 0   <- the default: the lowest with no false group
+    threshold 0.68: 0.931 / 1.000 / 0
+    threshold 0.7:  0.923 / 1.000 / 0
+    threshold 0.75: 0.901 / 1.000 / 0
+    threshold 0.8:  0.878 / 1.000 / 0
 
-One planting alone moves recall by about 0.01 (seeds 0/1/2 at 0.67: 0.933 / 0.917 /
-0.926), so thresholds are judged on the pooled figures.
+One planting alone moves recall by about 0.02 (seeds 0/1/2 at 0.67: 0.949 / 0.912 /
+0.943), so thresholds are judged on the pooled figures.
 
 With the ECC refinement (verify.py) a planted copy scores 0.92-0.99 against its photo, or
 about 0 when RANSAC found no transform; the band in between holds real re-exports of one
 photo (other crop, watermark and JPEG: 0.36-0.99, four of the 13 known pairs at
 0.65-0.69; each such link missed costs the recall of a whole group of six images) and
 consecutive shots of one scalp (148/149: 0.661, where ECC fits one view onto the other
-with a shear; with 20 or more word partners another such pair, Alopecia Areata/1336 and
-1337, becomes a candidate and links at 0.68-0.69). So the margin at 0.67 is thin. History
+with a shear; with 220 keypoints per view and 20 or more word partners another such
+pair, Alopecia Areata/1336 and 1337, linked at 0.68-0.69). So the margin at 0.67 is thin. History
 of the default's figures on the first planting alone (recall / precision / false groups):
 0.815 / 1.000 / 0 at 0.6 before ECC refinement and RootSIFT words; 0.870 / 1.000 / 0 at
 0.65 with 1,024 flat words; 0.896 / 1.000 / 0 at 0.65 with the word tree and 96x96
 keypoints (where 148/149 reached only 0.658, refused by the merge check); 0.933 / 1.000 / 0
-at 0.67 with 160x160 keypoints, with raw descriptors and on 48 axes alike.
+at 0.67 with 220 keypoints of the 160x160 views and 10 word partners, with raw
+descriptors and on 48 axes alike; 0.949 / 1.000 / 0 with 160 keypoints and 20 partners.
 """
 
 from __future__ import annotations
@@ -82,7 +81,7 @@ from scalpnet.errors import ConfigError
 SPLITS = ("train", "val", "test")
 DEFAULT_THRESHOLD = 0.67  # pair score at which two images are the same photo
 DEFAULT_NEIGHBOURS = 8  # coarse-view partners per image
-DEFAULT_WORD_NEIGHBOURS = 10  # visual-word partners per image: they find the harder copies
+DEFAULT_WORD_NEIGHBOURS = 20  # visual-word partners per image: they find the harder copies
 MERGE_CHECKS = 3  # members of each group whose cross pairs decide a merge
 CONSISTENCY_CHECKS = 16  # members per group verified against its anchor for the report
 
