@@ -105,7 +105,7 @@ class Keypoints:
         return out
 
     def get(self, i: int, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(K, 4) keypoints and (K, 128) descriptors of view i, or of its mirror image."""
+        """(K, 4) keypoints and (K, D) descriptors of view i, or of its mirror image."""
         points, desc = self.points[i], self.descriptors[i]
         if not mirrored:
             return points, desc
@@ -136,7 +136,8 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
 
 
 def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """(N, WORDS) sparse float32 visual-word vectors of each view as seen, and of its mirror.
+    """(N, WORDS) sparse float32 visual-word vectors of each view as seen, and of its mirror,
+    from raw SIFT keypoints (``extract``, not ``project``).
 
     Both unit norm (rows without keypoints are empty); a dot product is a cosine similarity.
     The vocabulary is closed under mirroring, so the mirrored vectors are the seen ones with

@@ -86,8 +86,9 @@ class Verifier:
 
     Args:
         views: (N, S, S) uint8 grey views (``fingerprints.view``).
-        keypoints: the SIFT keypoints of their detail views (``keypoints.extract``), or of
-            any square view of the same images: positions are scaled to ``views``.
+        keypoints: the SIFT keypoints of their detail views (``keypoints.extract``, raw, or
+            ``keypoints.project``), or of any square view of the same images: positions
+            are scaled to ``views``.
     """
 
     def __init__(self, views: np.ndarray, keypoints: Keypoints) -> None:
