@@ -170,27 +170,33 @@ def run_real(args, folder: Path) -> None:
     if not REAL_PHOTOS.is_dir():
         print(f"\n== real: skipped, no fixtures at {REAL_PHOTOS}")
         return
+    with open(SAME_PHOTO_CSV, newline="") as handle:
+        same_photo = [(row["first"], row["second"]) for row in csv.DictReader(handle)]
     thresholds = [float(t) for t in args.sweep.split(",")]
     pooled: dict[float, Counter] = {t: Counter() for t in thresholds}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         (folder / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-        for threshold, r in _run_real_planting(args, folder / f"seed{seed}", seed, thresholds):
+        planting = _run_real_planting(args, folder / f"seed{seed}", seed, thresholds, same_photo)
+        for threshold, r in planting:
             pooled[threshold].update({k: r[k] for k in ("hit", "planted", "grouped")})
             pooled[threshold]["false_groups"] += r["false_groups"]
+            pooled[threshold]["largest"] = max(pooled[threshold]["largest"], r["largest"])
     if len(seeds) > 1:
         print(f"\n== real, pooled over planting seeds {args.seeds}")
         for threshold, n in pooled.items():
-            print(f"  ours at {threshold:<5} recall {n['hit'] / max(n['planted'], 1):.4f}  "
-                  f"precision {n['hit'] / max(n['grouped'], 1):.4f}  "
-                  f"false groups {n['false_groups']}  (planted pairs {n['planted']}, "
-                  f"grouped {n['grouped']})")  # fmt: skip
+            n["recall"] = n["hit"] / max(n["planted"], 1)
+            n["precision"] = n["hit"] / max(n["grouped"], 1)
+            _row(f"ours at {threshold}", n)
 
 
-def _run_real_planting(args, folder: Path, seed: int, thresholds: list[float]):
-    """One planting of copies of the real photos: prints its rows, yields (threshold, scores)."""
-    with open(SAME_PHOTO_CSV, newline="") as handle:
-        same_photo = [(row["first"], row["second"]) for row in csv.DictReader(handle)]
+def _run_real_planting(
+    args, folder: Path, seed: int, thresholds: list[float], same_photo: list[tuple[str, str]]
+):
+    """One planting of copies of the real photos: prints its rows, yields (threshold, scores).
+
+    ``same_photo``: pairs of fixture files that are one photo (their copies are one group).
+    """
     paths, truth, families = make_real(folder, args.copies, seed)
     for a, b in same_photo:  # one photo: its copies are one planted group
         truth[truth == REAL_NAMES.index(b)] = REAL_NAMES.index(a)

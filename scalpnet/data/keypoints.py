@@ -192,7 +192,9 @@ def project(kp: Keypoints, dims: int = MATCH_DIMS, seed: int = 0) -> Keypoints:
         empty = [np.zeros((0, dims), np.float32) for _ in counts]
         return Keypoints(kp.points, empty, kp.size, np.ones(dims, np.float32))
     sample = _sample(kp, starts, np.random.default_rng(seed))
-    pairs = np.flatnonzero(np.arange(128) < MIRROR)  # bin i and its mirror bin MIRROR[i]
+    # bin i and its mirror bin MIRROR[i] (every bin has another: the mirror reverses the
+    # four rows of the 4x4 grid, so no bin is its own)
+    pairs = np.flatnonzero(np.arange(128) < MIRROR)
     axes, spread, flips = [], [], []
     for sign in (1.0, -1.0):  # (e_i + e_mirror) / sqrt 2, then (e_i - e_mirror) / sqrt 2
         half = np.zeros((128, len(pairs)))

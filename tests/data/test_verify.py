@@ -142,12 +142,17 @@ def test_hough_peaks_count_matches_that_agree_on_one_pose():
     assert peaks[1] < verify.MIN_INLIERS
 
 
-def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
-    views = real_views(13)
+def with_a_copy_of_the_first(views: np.ndarray) -> np.ndarray:
+    """(N, S, S) views -> (N + 1, S, S): the first turned by 41 degrees, zoomed 1.4x and
+    flipped, last."""
     side = views.shape[1]
     m = cv2.getRotationMatrix2D((side / 2, side / 2), 41, 1.4)
     copy = cv2.warpAffine(views[0], m, (side, side), borderMode=cv2.BORDER_REFLECT)
-    v = verifier_of(np.concatenate([views, copy[None, :, ::-1]]))  # turned, zoomed, flipped
+    return np.concatenate([views, copy[None, :, ::-1]])
+
+
+def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
+    v = verifier_of(with_a_copy_of_the_first(real_views(13)))
     found = v.orientations(13, list(range(13)))
     assert [o.mirrored for o in found[0]][:1] == [True]
     assert sum(bool(f) for f in found[1:]) <= 3, [len(f) for f in found]
@@ -155,11 +160,7 @@ def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
 
 def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do():
     """What find_groups matches with: RootSIFT on its principal axes (keypoints.project)."""
-    views = real_views(13)
-    side = views.shape[1]
-    m = cv2.getRotationMatrix2D((side / 2, side / 2), 41, 1.4)
-    copy = cv2.warpAffine(views[0], m, (side, side), borderMode=cv2.BORDER_REFLECT)
-    views = np.concatenate([views, copy[None, :, ::-1]])  # turned, zoomed, flipped
+    views = with_a_copy_of_the_first(real_views(13))
     raw = extract(views, workers=1)
     by_raw, by_projection = verify.Verifier(views, raw), verify.Verifier(views, project(raw))
     assert by_projection.score(0, 13) > 0.9
