@@ -99,6 +99,7 @@ def test_export_run_writes_both_models_and_their_check(exported):
     assert fp32["passed"] and fp32["max_raw_diff"] <= onnx_export.FP32_TOLERANCE
     assert fp32["n"] == 200 and fp32["top1_agreement"] == 1.0  # the tiny run's test split
     assert int8["bytes"] < 0.4 * fp32["bytes"]
+    assert _float_pads(run / runtimes.INT8_FILE) == []  # ResNet50's pool1_pad pads integers
     umask = os.umask(0)
     os.umask(umask)
     for name in (runtimes.FP32_FILE, runtimes.INT8_FILE):  # as readable as any other file
@@ -150,6 +151,89 @@ def test_evaluate_scores_every_runtime_side_by_side(exported, tmp_path):
     assert table["onnx-fp32"]["top1_accuracy"] == table["keras"]["top1_accuracy"]
     assert table["onnx-int8"]["max_prob_diff_vs_keras"] <= 0.05
     assert any(note.startswith("runtime onnx-int8:") for note in metrics["notes"])
+
+
+def _float_pads(path: Path) -> list[str]:
+    """Pad nodes of an ONNX model that pad a DequantizeLinear's float output."""
+    import onnx
+
+    graph = onnx.load(os.fspath(path)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "Pad" and n.input[0] in dequantised]
+
+
+def _qdq_pad_model(
+    path: Path, *, mode: str = "constant", value: float = 0.0, after_scale: float = 0.5
+) -> Path:
+    """x (1, 3, 3, 2) float -> Q -> DQ -> Pad (H and W by 1, 2) -> Q -> DQ -> y, scale 0.5
+    and zero point 3 (the Q after the Pad: ``after_scale``)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+        helper.make_node("Pad", ["xf", "pads", "value"], ["padded"], name="pad", mode=mode),
+        helper.make_node("QuantizeLinear", ["padded", "s2", "z"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "s2", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq_pad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 3, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 7, 2])],
+        [
+            const("s", 0.5, np.float32),
+            const("s2", after_scale, np.float32),
+            const("z", 3, np.uint8),
+            const("pads", [0, 1, 2, 0, 0, 1, 2, 0], np.int64),
+            const("value", value, np.float32),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, os.fspath(path))
+    return path
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_pad_integers_pads_the_quantised_tensor_with_the_same_result(tmp_path):
+    import onnx
+
+    path = _qdq_pad_model(tmp_path / "qdq.onnx")
+    x = np.random.default_rng(0).uniform(-1.5, 100, (1, 3, 3, 2)).astype(np.float32)
+    before = _run(path, x)
+    model = onnx.load(os.fspath(path))
+    assert onnx_export.pad_integers(model) == 1
+    onnx.checker.check_model(model)
+    onnx.save(model, os.fspath(tmp_path / "rewritten.onnx"))
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    assert _float_pads(tmp_path / "rewritten.onnx") == []
+    after = _run(tmp_path / "rewritten.onnx", x)
+    assert after.shape == (1, 5, 7, 2)
+    np.testing.assert_array_equal(after, before)
+    assert (after[:, 0] == 0).all() and (after[:, :, :2] == 0).all()  # the border is zero
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"mode": "reflect"}, {"value": 1.0}, {"after_scale": 0.25}],
+    ids=["not-zeros", "another-fill", "another-scale"],
+)
+def test_pad_integers_leaves_pads_that_would_change_the_numbers(tmp_path, change):
+    import onnx
+
+    model = onnx.load(os.fspath(_qdq_pad_model(tmp_path / "qdq.onnx", **change)))
+    assert onnx_export.pad_integers(model) == 0
+    assert len(model.graph.node) == 5
 
 
 def test_gate_reasons_name_each_failed_condition():
