@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SCALP = REPO.parent / "shared" / "fixtures" / "real_scalp"
+REAL_PHOTOS = REPO.parent / "shared" / "fixtures" / "real_photos"
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +78,15 @@ def tiny_run(tmp_path_factory) -> Path:
     of a model trained on synthetic images at 64 px; its card's dataset.csv is a labels.csv
     with train/val/test. Shared by the whole session: copy it before changing anything."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def real_photo_paths() -> list[Path]:
+    """The photos of fixtures/real_photos (condition/file.jpg), sorted; skips without them."""
+    paths = sorted(REAL_PHOTOS.glob("*/*.jpg"))
+    if not paths:
+        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
+    return paths
 
 
 # --------------------------------------------------------------------------- workers

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
-import pytest
 from scipy import sparse
 
 from scalpnet.data import candidates, copies, keypoints
 from scalpnet.data.fingerprints import Scan
 from scalpnet.data.preprocess import load_image, to_model_input
-
-REAL_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
 
 
 def photo(seed: int) -> np.ndarray:
@@ -40,14 +35,11 @@ def test_each_copy_is_a_candidate_of_its_photo():
         assert all(a < b for a, b in pairs) and len(pairs) <= 4 * 40
 
 
-def test_real_photos_turned_by_any_angle_and_cropped_are_coarse_candidates():
+def test_real_photos_turned_by_any_angle_and_cropped_are_coarse_candidates(real_photo_paths):
     """A copy turned by 10-80 degrees and cropped to its inner square, both squashed to
     256x256 as the dataset is: the turned centre halves find most of them. Measured
     2026-12-03: 50 of these 72 copies with the five views, 33 with the three before."""
-    paths = sorted(REAL_PHOTOS.glob("*/*.jpg"))
-    if not paths:
-        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
-    photos = [load_image(p) for p in paths]
+    photos = [load_image(p) for p in real_photo_paths]
     sources = range(0, len(photos), 3)
     turned = [copies.plant(photos[k], np.random.default_rng(k), ("rotate",))[0] for k in sources]
     scanned = Scan.of_images([to_model_input(rgb, 256) for rgb in photos + turned])

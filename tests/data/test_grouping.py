@@ -29,7 +29,6 @@ from scalpnet.data.preprocess import load_image, to_model_input
 from scalpnet.errors import ConfigError
 from scalpnet.labels import CONDITIONS, KEYS, NUM_CLASSES
 
-REAL_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
 EXTRA_TWINS = [
     ("alopecia_areata_0877", "alopecia_areata_0139"),
     ("alopecia_areata_0942", "alopecia_areata_0724"),
@@ -84,11 +83,9 @@ def _members(groups: np.ndarray) -> list[np.ndarray]:
 
 # --------------------------------------------------------------------------- real_photos
 @pytest.fixture(scope="module")
-def real_photos():
+def real_photos(real_photo_paths):
     """The 214 real photos, as prepare stores them (256 px, median blur), and their names."""
-    if not REAL_PHOTOS.is_dir():
-        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
-    paths = sorted(REAL_PHOTOS.glob("*/*.jpg"))
+    paths = real_photo_paths
     names = [f"{p.parent.name}/{p.name}" for p in paths]
     return names, [load_image(p) for p in paths]
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
-import pytest
 
 from scalpnet.data import copies, keypoints, verify
 from scalpnet.data.fingerprints import view
@@ -47,12 +44,11 @@ def test_word_vectors_are_unit_and_see_a_copy_as_its_photo():
     assert int(np.argmax(to_mirror)) == 6  # is the photo itself
 
 
-def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partners():
+def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partners(
+    real_photo_paths,
+):
     """The words' job: rotations by any angle with a zoom, which the DCT views miss."""
-    folder = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
-    if not folder.is_dir():
-        pytest.skip(f"real photo fixtures not found at {folder}")
-    paths = sorted(folder.glob("*/*.jpg"))[::4][:50]
+    paths = real_photo_paths[::4][:50]
     photos = [to_model_input(load_image(p), 256) for p in paths]
     rng = np.random.default_rng(0)
     copies_of = list(range(0, 50, 5))

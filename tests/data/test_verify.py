@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from scalpnet.data import copies, verify
 from scalpnet.data.fingerprints import DETAIL_SIZE, VIEW_SIZE, Scan, view
@@ -39,14 +38,8 @@ def test_every_family_of_copy_scores_above_the_default_threshold():
 
 
 # --------------------------------------------------------------------------- ECC refinement
-REAL_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_photos"
-
-
-def real_views(count: int) -> np.ndarray:
-    """(count, S, S) views of the first real photos (skips without the fixtures)."""
-    if not REAL_PHOTOS.is_dir():
-        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
-    paths = sorted(REAL_PHOTOS.glob("*/*.jpg"))[:count]
+def real_views(paths: list[Path]) -> np.ndarray:
+    """(len(paths), S, S) views of real photos, as prepare stores them."""
     return np.stack([view(to_model_input(load_image(p), 256)) for p in paths])
 
 
@@ -54,8 +47,8 @@ def verifier_of(views: np.ndarray) -> verify.Verifier:
     return verify.Verifier(views, extract(views, workers=1))
 
 
-def test_refinement_recovers_an_alignment_a_few_pixels_off_on_a_real_photo():
-    photo = real_views(1)[0]
+def test_refinement_recovers_an_alignment_a_few_pixels_off_on_a_real_photo(real_photo_paths):
+    photo = real_views(real_photo_paths[:1])[0]
     side = photo.shape[0]
     # the copy: the centre of the photo zoomed 1.6x and turned by 23 degrees
     truth = cv2.getRotationMatrix2D((side / 2, side / 2), 23, 1.6)  # photo -> copy
@@ -71,11 +64,9 @@ def test_refinement_recovers_an_alignment_a_few_pixels_off_on_a_real_photo():
     assert np.abs((refined @ corners) - (copy_on_photo @ corners)).max() < 0.5  # pixels
 
 
-def test_keypoints_of_the_detail_views_align_the_smaller_views():
+def test_keypoints_of_the_detail_views_align_the_smaller_views(real_photo_paths):
     """Keypoints come from 160 px detail views; the alignment is in the 96 px views' pixels."""
-    if not REAL_PHOTOS.is_dir():
-        pytest.skip(f"real photo fixtures not found at {REAL_PHOTOS}")
-    photo = to_model_input(load_image(sorted(REAL_PHOTOS.glob("*/*.jpg"))[0]), 256)
+    photo = to_model_input(load_image(real_photo_paths[0]), 256)
     truth = cv2.getRotationMatrix2D((128, 128), 37, 1.5)  # photo -> copy, 256 px
     copy = cv2.warpAffine(photo, truth, (256, 256), borderMode=cv2.BORDER_REFLECT)
     scanned = Scan.of_images([photo, copy])
@@ -90,8 +81,8 @@ def test_keypoints_of_the_detail_views_align_the_smaller_views():
     assert np.abs(found.matrix @ corners - expected @ corners).max() < 0.5  # view pixels
 
 
-def test_refinement_does_not_make_different_real_photos_match():
-    views = real_views(12)
+def test_refinement_does_not_make_different_real_photos_match(real_photo_paths):
+    views = real_views(real_photo_paths[:12])
     v = verifier_of(views)
     for a, b in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)]:
         for matrix in (np.eye(3), cv2.getRotationMatrix2D((48, 48), 30, 1.3)):
@@ -101,8 +92,8 @@ def test_refinement_does_not_make_different_real_photos_match():
         assert v.score(a, b) < 0.3
 
 
-def test_a_degenerate_or_wild_transform_is_no_alignment():
-    v = verifier_of(real_views(2))
+def test_a_degenerate_or_wild_transform_is_no_alignment(real_photo_paths):
+    v = verifier_of(real_views(real_photo_paths[:2]))
     flat = np.array([[1.0, 2.0, 0.0], [0.5, 1.0, 0.0], [0, 0, 1]])  # determinant 0
     assert v.correlation(0, 1, flat) is None
     assert v.correlation(0, 1, np.diag([20.0, 20.0, 1.0])) is None  # a 20x zoom
@@ -110,8 +101,8 @@ def test_a_degenerate_or_wild_transform_is_no_alignment():
 
 
 # --------------------------------------------------------------------------- matching
-def test_the_ratio_test_finds_what_opencv_brute_force_finds():
-    kp = extract(real_views(2), workers=1)
+def test_the_ratio_test_finds_what_opencv_brute_force_finds(real_photo_paths):
+    kp = extract(real_views(real_photo_paths[:2]), workers=1)
     query, train = kp.descriptors[1], kp.descriptors[0]
     rows, nearest = verify.ratio_test(query @ train.T)
     knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query, train, k=2)
@@ -151,16 +142,16 @@ def with_a_copy_of_the_first(views: np.ndarray) -> np.ndarray:
     return np.concatenate([views, copy[None, :, ::-1]])
 
 
-def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not():
-    v = verifier_of(with_a_copy_of_the_first(real_views(13)))
+def test_a_real_copy_passes_the_pose_check_and_most_other_photos_do_not(real_photo_paths):
+    v = verifier_of(with_a_copy_of_the_first(real_views(real_photo_paths[:13])))
     found = v.orientations(13, list(range(13)))
     assert [o.mirrored for o in found[0]][:1] == [True]
     assert sum(bool(f) for f in found[1:]) <= 3, [len(f) for f in found]
 
 
-def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do():
+def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do(real_photo_paths):
     """What find_groups matches with: RootSIFT on its principal axes (keypoints.project)."""
-    views = with_a_copy_of_the_first(real_views(13))
+    views = with_a_copy_of_the_first(real_views(real_photo_paths[:13]))
     raw = extract(views, workers=1)
     by_raw, by_projection = verify.Verifier(views, raw), verify.Verifier(views, project(raw))
     assert by_projection.score(0, 13) > 0.9
