@@ -129,9 +129,9 @@ class Verifier:
         points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
         owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
         both = np.concatenate([da, kp.mirrored(da)])  # (2 * ka, D)
-        dots = np.concatenate([kp.descriptors[b] for b in bs]) @ both.T  # (Q, 2 * ka)
+        dots = both @ np.concatenate([kp.descriptors[b] for b in bs]).T  # (2 * ka, Q)
         for mirrored in (False, True):
-            query, train = ratio_test(dots[:, ka * mirrored : ka * (mirrored + 1)])
+            query, train = ratio_test(dots[ka * mirrored : ka * (mirrored + 1)])
             src = kp.mirror(points[query]) if mirrored else points[query]  # (M, 4) in b
             side_of = owner[query]
             counts = np.bincount(side_of, minlength=len(slots))
@@ -294,21 +294,20 @@ class Verifier:
 
 
 def ratio_test(dots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowe's ratio test on (Q, T >= 2) dot products of unit-norm descriptors (overwritten)
-    -> indices of the queries whose nearest train descriptor (L2) is clearly nearer than
-    the second, and that nearest.
+    """Lowe's ratio test on (T >= 2, Q) dot products of unit-norm descriptors, train by
+    query -> indices of the queries whose nearest train descriptor (L2) is clearly nearer
+    than the second, and that nearest.
 
-    For unit vectors the squared distance is 2 - 2 x.y, so the two nearest are the two
-    largest dot products: two passes over one small matrix product, no Python object per
-    match (OpenCV's brute-force matcher finds the same matches).
+    For unit vectors the squared distance is 2 - 2 x.y, so a query passes when its largest
+    dot product b is the only one at or above 1 - (1 - b) / RATIO^2. Reductions across the
+    train rows run along contiguous queries: two passes over one small matrix product, and
+    an argmax only over the columns that pass (OpenCV's brute-force matcher finds the same
+    matches).
     """
-    rows = np.arange(len(dots))
-    nearest = np.argmax(dots, axis=1)
-    first = 2.0 - 2.0 * dots[rows, nearest]
-    dots[rows, nearest] = -np.inf
-    second = 2.0 - 2.0 * dots.max(axis=1)
-    keep = np.flatnonzero(first < RATIO * RATIO * second)
-    return keep, nearest[keep]
+    best = dots.max(axis=0)  # (Q,)
+    close = np.count_nonzero(dots >= 1.0 - (1.0 - best) / (RATIO * RATIO), axis=0)
+    keep = np.flatnonzero(close == 1)  # the nearest alone is that close
+    return keep, np.argmax(dots[:, keep], axis=0)
 
 
 def hough_peaks(

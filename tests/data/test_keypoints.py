@@ -105,7 +105,7 @@ def test_projection_keeps_the_nearest_descriptor_of_a_clear_match():
     root = keypoints._root(np.concatenate(raw.descriptors))
     kept = np.concatenate(projected.descriptors)
     assert kept.shape == (len(root), keypoints.MATCH_DIMS)
-    query, nearest = verify.ratio_test(root[split:] @ root[:split].T)
+    query, nearest = verify.ratio_test(root[:split] @ root[split:].T)
     assert len(query) > 100
     after = np.argmax(kept[split:][query] @ kept[:split].T, axis=1)
     assert (after == nearest).mean() > 0.95
