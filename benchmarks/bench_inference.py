@@ -57,6 +57,42 @@ def _stats(ms: list[float]) -> tuple[float, float, float, float]:
     )
 
 
+def _gflop(model) -> float:
+    """GFLOP of one forward: 2 x the multiply-adds of every Conv2D and Dense layer."""
+    import keras
+
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):  # (h, w) of the output, after any stride
+            macs += layer.output.shape[1] * layer.output.shape[2] * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            macs += int(np.prod(layer.kernel.shape))
+    return 2 * macs / 1e9
+
+
+def _gemm_ceiling(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of ONNX Runtime's own fp32 MatMul of two (n, n) matrices, best of ``repeats``:
+    about the most its convolutions (lowered to the same GEMM kernels) can reach here."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              spec[:2], spec[2:])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = np.random.default_rng(0).random((2, n, n), dtype=np.float32)
+    session.run(None, {"a": a, "b": b})
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"a": a, "b": b})
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="model input side (default 256)")
@@ -72,7 +108,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from scalpnet.data.preprocess import preprocess_image
+    from scalpnet.data.preprocess import load_image, preprocess_image
     from scalpnet.learn.model import build_model, save_model
     from scalpnet.serve import onnx_export
     from scalpnet.serve.predictor import Predictor
@@ -142,17 +178,28 @@ def main(argv=None) -> int:
             times[label].append((time.perf_counter() - start) * 1e3)
 
     keras_base = _stats(times["keras: bare compiled forward"])[0]
-    print(f"\nsingle image, batch 1, {args.repeats} calls each (ms)")
-    print(f"{'method':<36}{'p50':>9}{'p95':>9}{'mean':>9}{'min':>9}{'p50/keras fwd':>15}")
+    gflop = _gflop(model)
+    print(f"\nsingle image, batch 1, {args.repeats} calls each (ms); one forward is "
+          f"{gflop:.1f} GFLOP, so GFLOP/s = that / p50")  # fmt: skip
+    print(f"{'method':<36}{'p50':>9}{'p95':>9}{'mean':>9}{'min':>9}{'p50/keras fwd':>15}"
+          f"{'GFLOP/s':>9}")  # fmt: skip
     for label, ms in times.items():
         p50, p95, mean, low = _stats(ms)
-        print(f"{label:<36}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{low:>9.1f}{p50 / keras_base:>14.2f}x")
+        print(f"{label:<36}{p50:>9.1f}{p95:>9.1f}{mean:>9.1f}{low:>9.1f}{p50 / keras_base:>14.2f}x"
+              f"{gflop / p50 * 1e3:>9.0f}")  # fmt: skip
     print("\ntargets")
     for name, limit in (("onnx-fp32", 0.6), ("onnx-int8", 0.25)):
         if f"{name}: bare forward" in times:
             ratio = _stats(times[f"{name}: bare forward"])[0] / keras_base
             verdict = "met" if ratio <= limit else "NOT met"
             print(f"  {name} forward <= {limit} x keras forward: {ratio:.2f}x ({verdict})")
+    if "onnx-fp32: bare forward" in times:
+        ceiling = _gemm_ceiling()
+        needed = gflop / (0.6 * keras_base) * 1e3
+        fp32 = gflop / _stats(times["onnx-fp32: bare forward"])[0] * 1e3
+        print(f"    ONNX Runtime's own fp32 GEMM (2048 x 2048 MatMul) reaches {ceiling:.0f} "
+              f"GFLOP/s here; the fp32 forward runs at {fp32:.0f} ({fp32 / ceiling:.0%} of "
+              f"it); 0.6 x keras needs {needed:.0f} ({needed / ceiling:.0%})")  # fmt: skip
     for name in predictors:
         bare_label = "keras: bare compiled forward" if name == "keras" else f"{name}: bare forward"
         ratio = _stats(times[f"{name}: Predictor (bytes)"])[0] / _stats(times[bare_label])[0]
@@ -163,6 +210,13 @@ def main(argv=None) -> int:
         stages = ("preprocess", "forward", "total")
         medians = ", ".join(f"{k} {np.median([s[k] for s in split]):.1f}" for k in stages)
         print(f"  {name} stages (median of 5, ms): {medians}")
+    decode = []
+    for i in range(20):
+        start = time.perf_counter()
+        load_image(photos[i % len(photos)], min_size=args.size)
+        decode.append((time.perf_counter() - start) * 1e3)
+    print(f"  decoding the JPEG alone (load_image, DCT-scaled to >= {args.size} px): "
+          f"{np.median(decode):.1f} ms median of 20")  # fmt: skip
 
     batch = photos[: args.batch]
     ready = np.stack([preprocess_image(p, args.size) for p in batch]).astype(np.float32)
