@@ -166,6 +166,27 @@ def _row(name: str, r: dict) -> None:
           f"(planted pairs {r['planted']}, grouped {r['grouped']})")  # fmt: skip
 
 
+STAGES = ("not a candidate", "no alignment", "scored below the threshold",
+          "refused by the merge check", "with its photo, apart from a re-export of it")  # fmt: skip
+
+
+def _stage(score: float | None, threshold: float, with_own: bool) -> str:
+    """Why a copy is not in the group of its photo's first image (its own photo, or a
+    re-export of it listed in SAME_PHOTO_CSV): its pair with its own photo was never a
+    candidate, was verified without an alignment (score 0) or below the threshold, or
+    linked them but the merge check refused; or it is with its own photo, and the miss is
+    that photo's re-export."""
+    if with_own:
+        return STAGES[4]
+    if score is None:
+        return STAGES[0]
+    return STAGES[1] if score == 0 else STAGES[2] if score < threshold else STAGES[3]
+
+
+def _stages(counts: Counter, prefix: str = "") -> str:
+    return ", ".join(f"{name} {counts[prefix + name]}" for name in STAGES)
+
+
 def run_real(args, folder: Path) -> None:
     if not REAL_PHOTOS.is_dir():
         print(f"\n== real: skipped, no fixtures at {REAL_PHOTOS}")
@@ -179,6 +200,7 @@ def run_real(args, folder: Path) -> None:
         (folder / f"seed{seed}").mkdir(parents=True, exist_ok=True)
         planting = _run_real_planting(args, folder / f"seed{seed}", seed, thresholds, same_photo)
         for threshold, r in planting:
+            pooled[threshold].update({k: r[k] for k in r if k.startswith("stage ")})
             pooled[threshold].update({k: r[k] for k in ("hit", "planted", "grouped")})
             pooled[threshold]["false_groups"] += r["false_groups"]
             pooled[threshold]["largest"] = max(pooled[threshold]["largest"], r["largest"])
@@ -188,6 +210,7 @@ def run_real(args, folder: Path) -> None:
             n["recall"] = n["hit"] / max(n["planted"], 1)
             n["precision"] = n["hit"] / max(n["grouped"], 1)
             _row(f"ours at {threshold}", n)
+            print("    copies not grouped with their photo: " + _stages(n, "stage "))
 
 
 def _run_real_planting(
@@ -198,6 +221,8 @@ def _run_real_planting(
     ``same_photo``: pairs of fixture files that are one photo (their copies are one group).
     """
     paths, truth, families = make_real(folder, args.copies, seed)
+    # each image's own photo: the latest original at or before it
+    own = np.maximum.accumulate([0 if names else k for k, names in enumerate(families)])
     for a, b in same_photo:  # one photo: its copies are one planted group
         truth[truth == REAL_NAMES.index(b)] = REAL_NAMES.index(a)
     print(f"\n== real, planting seed {seed}: {len(paths)} images ({len(np.unique(truth))} real "
@@ -216,10 +241,13 @@ def _run_real_planting(
         print(f"    {len(found.pairs)} pairs verified; links refused by the merge check: "
               f"{found.refused}; CPU s per stage: "
               f"{ {k: v['cpu'] for k, v in found.seconds.items()} }")  # fmt: skip
-        missed = Counter()
+        missed, stages = Counter(), Counter()
+        scores = dict(zip(map(tuple, found.pairs.tolist()), found.scores.tolist(), strict=True))
         for k, names in enumerate(families):
             if names and found.groups[k] != found.groups[np.flatnonzero(truth == truth[k])[0]]:
                 missed.update(names)
+                score = scores.get((int(own[k]), k))  # the copy against its own photo
+                stages[_stage(score, threshold, found.groups[k] == found.groups[own[k]])] += 1
         total = Counter(n for names in families for n in names)
         for g in np.unique(found.groups):
             sources = sorted(set(truth[found.groups == g].tolist()))
@@ -229,7 +257,8 @@ def _run_real_planting(
             "    copies not grouped with their photo, by family: "
             + ", ".join(f"{n} {missed[n]}/{total[n]}" for n in copies.FAMILIES)
         )
-        yield threshold, r
+        print("    ... why: " + _stages(stages))
+        yield threshold, r | {f"stage {k}": v for k, v in stages.items()}
     exact = np.arange(len(paths))
     for members in same(scanned.pixel_digests):
         exact[members] = members[0]
