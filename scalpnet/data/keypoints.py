@@ -31,7 +31,7 @@ their aspect ratio, so a copy turned by a non-right angle before the squash diff
 its photo by a turn and a zoom that differs between the two axes by the photo's aspect
 ratio (1.33-1.5 for most photos). Of the 64 copies not grouped with their own photo at the
 default threshold over six plantings of ``benchmarks/bench_dedupe.py --mode real``, 42 were
-never a candidate pair with it, 21 found no alignment and 1 scored below; 54 of the 64 had
+never a candidate pair with it, 21 found no alignment and 1 scored below; 55 of the 64 had
 been turned so. A one-off probe (2026-12-04) stretched each such photo's detail view back
 to its aspect ratio before SIFT: 35 of the 64 pairs then had at least 10 matches agreeing
 on one pose, against 12 without. Simulating such stretches for every image, as ASIFT does,
