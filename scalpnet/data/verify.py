@@ -123,27 +123,29 @@ class Verifier:
         slots = [slot for slot, b in enumerate(partners) if len(kp.points[b]) >= MIN_MATCHES]
         if ka < MIN_MATCHES or not slots:
             return found
-        # b mirrored against a as seen = b as seen against a mirrored (a permutation of the
-        # descriptor's bins): one product of all partners' descriptors with both of a's
+        # One product of a's descriptors with every partner's, as seen and mirrored; each
+        # (partner, orientation) is a side of the ratio test and of the pose check.
         bs = [partners[slot] for slot in slots]
         points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
         owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
-        both = np.concatenate([da, kp.mirrored(da)])  # (2 * ka, D)
-        dots = both @ np.concatenate([kp.descriptors[b] for b in bs]).T  # (2 * ka, Q)
-        for mirrored in (False, True):
-            query, train = ratio_test(dots[ka * mirrored : ka * (mirrored + 1)])
-            src = kp.mirror(points[query]) if mirrored else points[query]  # (M, 4) in b
-            side_of = owner[query]
-            counts = np.bincount(side_of, minlength=len(slots))
-            peaks = hough_peaks(side_of, src, pa[train], len(slots), kp.size)
-            order = np.argsort(side_of, kind="stable")
-            starts = np.cumsum(counts) - counts
-            for k, slot in enumerate(slots):
-                if counts[k] >= MIN_MATCHES and peaks[k] >= MIN_INLIERS:
-                    rows = order[starts[k] : starts[k] + counts[k]]
-                    found[slot].append(Orientation(
-                        mirrored, self._in_view(src[rows, :2]), self._in_view(pa[train[rows], :2])
-                    ))  # fmt: skip
+        seen = np.concatenate([kp.descriptors[b] for b in bs])  # (Q, D)
+        query, train = ratio_test(da @ np.concatenate([seen, kp.mirrored(seen)]).T)  # (ka, 2Q)
+        mirrored = query >= len(seen)
+        rows = query - len(seen) * mirrored  # (M,) keypoint of the partners
+        src = points[rows]  # (M, 4) in b, mirrored where the descriptor was
+        src[mirrored] = kp.mirror(src[mirrored])
+        side_of = 2 * owner[rows] + mirrored  # (M,) partner k as seen: 2k, mirrored: 2k + 1
+        sides = 2 * len(slots)
+        counts = np.bincount(side_of, minlength=sides)
+        peaks = hough_peaks(side_of, src, pa[train], sides, kp.size)
+        order = np.argsort(side_of, kind="stable")  # each side's matches in query order
+        starts = np.cumsum(counts) - counts
+        for side in np.flatnonzero((counts >= MIN_MATCHES) & (peaks >= MIN_INLIERS)).tolist():
+            matched = order[starts[side] : starts[side] + counts[side]]
+            found[slots[side // 2]].append(Orientation(
+                bool(side % 2), self._in_view(src[matched, :2]),
+                self._in_view(pa[train[matched], :2]),
+            ))  # fmt: skip
         for options in found:
             options.sort(key=lambda o: -len(o.src))
         return found
