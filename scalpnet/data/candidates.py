@@ -23,7 +23,6 @@ import itertools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -31,6 +30,7 @@ import numpy as np
 from scipy import sparse
 
 from scalpnet.data.fingerprints import FP_SIZE
+from scalpnet.data.threads import one_thread_per_worker
 
 LUMA_WEIGHT = 0.6  # grey level vs local contrast in the correlation
 COARSE_SIZE = 8
@@ -146,18 +146,6 @@ class Features:
 
 
 # --------------------------------------------------------------------------- comparing
-@contextmanager
-def blas_single_thread():
-    """Our own threads split the work; BLAS threads on top of them only contend."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - shipped with scikit-learn
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def _merge_top(scores: np.ndarray, index: np.ndarray, new_s: np.ndarray, new_i: np.ndarray):
     """Keep the k best of (M, k) current and (M, m) new candidates per row."""
     all_s = np.concatenate([scores, new_s], axis=1)
@@ -196,7 +184,7 @@ def _symmetric_top(
         return np.zeros((0, 2), np.int64)
     top_s = np.full((n, k), -np.inf, np.float32)
     top_i = np.full((n, k), -1, np.int64)
-    with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, block):
             stop = min(n, start + block)
             edges = np.linspace(start, n, workers + 1).astype(int).tolist()

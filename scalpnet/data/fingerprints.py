@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from scalpnet.data.preprocess import load_image
+from scalpnet.data.threads import one_thread_per_worker
 from scalpnet.errors import InvalidImageError
 
 FP_SIZE = 32  # fingerprint side: (32, 32) grey thumbnail
@@ -130,7 +131,7 @@ def scan(paths: Sequence[Path], workers: int | None = None) -> Scan:
     details = np.zeros((len(paths), DETAIL_SIZE, DETAIL_SIZE), np.uint8)
     file_digests, pixel_digests, errors = [""] * len(paths), [""] * len(paths), [None] * len(paths)
     # Pillow's decoders and OpenCV release the GIL, so threads overlap the decoding.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         for i, (fp, v, d, fd, pd, err) in enumerate(pool.map(_scan_one, paths, chunksize=64)):
             if fp is not None:
                 fps[i], views[i], details[i] = fp, v, d

@@ -80,6 +80,8 @@ import cv2
 import numpy as np
 from scipy import sparse
 
+from scalpnet.data.threads import one_thread_per_worker
+
 FEATURES = 160  # SIFT keypoints per 160x160 detail view (the strongest; about 200 found on skin)
 CONTRAST = 0.02  # SIFT contrast threshold (OpenCV's 0.04 finds too few on smooth skin)
 COARSE = 256  # coarse visual words (half fitted, half their mirror images)
@@ -100,14 +102,33 @@ class Keypoints:
     descriptors: list[np.ndarray]  # N x (K, D) float32, unit norm: raw SIFT (D = 128) or
     # projected RootSIFT (D = MATCH_DIMS)
     size: int  # view side, pixels
-    flip: np.ndarray | None = None  # (D,) +-1 per projected axis, how a mirror changes it;
-    # None: raw SIFT, mirrored by the permutation MIRROR
+    flip: np.ndarray | None = None  # (D,) +-1 per projected axis, how a mirror changes it,
+    # the +1 axes first; None: raw SIFT, mirrored by the permutation MIRROR
 
     def mirrored(self, desc: np.ndarray) -> np.ndarray:
         """(K, D) descriptors -> the descriptors of the mirrored patches."""
         if self.flip is None:
             return np.ascontiguousarray(desc[:, MIRROR])
         return desc * self.flip
+
+    def dots(self, desc: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """(T, D) descriptors and (Q, D) others -> (T, 2Q) float32 dot products: with the
+        others as seen, then with their mirror images.
+
+        Projected descriptors hold their mirror-symmetric axes first (``project``) and a
+        mirror negates only the rest, so both products are made of the same two halves:
+        symmetric S plus antisymmetric A as seen, S - A mirrored. Half the arithmetic of
+        multiplying by the mirrored descriptors too.
+        """
+        if self.flip is None:
+            return desc @ np.concatenate([others, self.mirrored(others)]).T
+        s, q = int(np.count_nonzero(self.flip > 0)), len(others)
+        symmetric = desc[:, :s] @ others[:, :s].T  # (T, Q)
+        antisymmetric = desc[:, s:] @ others[:, s:].T  # (T, Q)
+        out = np.empty((len(desc), 2 * q), np.float32)
+        np.add(symmetric, antisymmetric, out=out[:, :q])
+        np.subtract(symmetric, antisymmetric, out=out[:, q:])
+        return out
 
     def mirror(self, points: np.ndarray) -> np.ndarray:
         """(K, 4) keypoints of a view -> where SIFT finds them on its mirror image."""
@@ -142,7 +163,7 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
             return points, np.zeros((0, 128), np.float32)
         return points, desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-6)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         out = list(pool.map(one, views, chunksize=64))
     return Keypoints([p for p, _ in out], [d for _, d in out], int(views.shape[-1]))
 
@@ -218,6 +239,7 @@ def project(kp: Keypoints, dims: int = MATCH_DIMS, seed: int = 0) -> Keypoints:
         spread.append(values)
         flips.append(np.full(len(values), sign))
     top = np.argsort(-np.concatenate(spread), kind="stable")[:dims]
+    top = top[np.argsort(top >= len(pairs), kind="stable")]  # symmetric axes first (``dots``)
     basis = np.concatenate(axes, axis=1)[:, top].astype(np.float32)  # (128, dims)
     out = []
     for first in range(0, len(counts), ASSIGN_IMAGES):  # bounded temporaries

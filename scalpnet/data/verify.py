@@ -42,9 +42,9 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from scalpnet.data.candidates import blas_single_thread
 from scalpnet.data.fingerprints import Scan
 from scalpnet.data.keypoints import Keypoints, extract
+from scalpnet.data.threads import one_thread_per_worker
 
 RATIO = 0.9  # Lowe's ratio test
 RANSAC_PIXELS = 2.5  # reprojection error allowed, pixels of the 96x96 view
@@ -129,7 +129,7 @@ class Verifier:
         points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
         owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
         seen = np.concatenate([kp.descriptors[b] for b in bs])  # (Q, D)
-        query, train = ratio_test(da @ np.concatenate([seen, kp.mirrored(seen)]).T)  # (ka, 2Q)
+        query, train = ratio_test(kp.dots(da, seen))  # (ka, 2Q): as seen, then mirrored
         mirrored = query >= len(seen)
         rows = query - len(seen) * mirrored  # (M,) keypoint of the partners
         src = points[rows]  # (M, 4) in b, mirrored where the descriptor was
@@ -290,7 +290,7 @@ class Verifier:
                 ):
                     out[row] = self._best(a, b, options, enough)
 
-        with blas_single_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(run, [spans[w::workers] for w in range(workers)]))
         return out
 
@@ -307,7 +307,10 @@ def ratio_test(dots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     matches).
     """
     best = dots.max(axis=0)  # (Q,)
-    close = np.count_nonzero(dots >= 1.0 - (1.0 - best) / (RATIO * RATIO), axis=0)
+    near = dots >= 1.0 - (1.0 - best) / (RATIO * RATIO)  # (T, Q) bool
+    # Summed as bytes in the smallest type that holds T: np.count_nonzero along an axis
+    # widens every bool to 8 bytes first, 16x slower here.
+    close = np.add.reduce(near.view(np.uint8), axis=0, dtype=np.min_scalar_type(len(dots)))
     keep = np.flatnonzero(close == 1)  # the nearest alone is that close
     return keep, np.argmax(dots[:, keep], axis=0)
 

@@ -93,6 +93,20 @@ def test_a_mirrored_patch_projects_to_the_projection_with_signs_flipped():
     np.testing.assert_array_equal(points, raw.mirror(raw.points[0]))
 
 
+def test_dots_with_the_mirrored_descriptors_equal_their_products():
+    """Projected (symmetric axes first, shared halves) and raw (the permutation) alike."""
+    raw = keypoints.extract(np.stack([textured(s) for s in range(6)]), workers=1)
+    projected = keypoints.project(raw, dims=24)
+    flip = projected.flip
+    assert np.all(np.diff(flip) <= 0)  # the +1 axes first
+    for kp in (raw, projected):
+        a, others = kp.descriptors[0], np.concatenate(kp.descriptors[1:])
+        expected = a @ np.concatenate([others, kp.mirrored(others)]).T
+        got = kp.dots(a, others)
+        assert got.shape == (len(a), 2 * len(others)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_projection_keeps_the_nearest_descriptor_of_a_clear_match():
     """48 axes of RootSIFT: a descriptor of a turned, zoomed view whose nearest descriptor
     of the view stands out (Lowe's ratio test) still finds it after projection."""
