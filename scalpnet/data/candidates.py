@@ -109,7 +109,7 @@ def _coarse_vectors(maps: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     lo = COARSE_SIZE
     u, v = np.meshgrid(np.arange(lo), np.arange(lo), indexing="ij")
     keep = ((u + v) <= lo // 2) & ((u + v) > 0)  # a dihedral-symmetric low-pass, no DC
-    dct = _dct_matrix(lo)
+    weights = (math.sqrt(LUMA_WEIGHT), math.sqrt(1 - LUMA_WEIGHT))
     views = []
     for side, angle in COARSE_VIEWS:
         lo_edge = round(FP_SIZE * (1 - side) / 2)
@@ -117,19 +117,40 @@ def _coarse_vectors(maps: np.ndarray, contrast: np.ndarray) -> np.ndarray:
         sources = (maps, contrast)
         if angle:
             sources = (_turned(maps, angle), _turned(contrast, angle))
-        area = _area_matrix(hi_edge - lo_edge, lo)
+        to_dct = _dct_matrix(lo) @ _area_matrix(hi_edge - lo_edge, lo)  # (lo, side)
+        coefs = [_dct_of(m[:, lo_edge:hi_edge, lo_edge:hi_edge], to_dct) for m in sources]
         per_dihedral = []
         for d in range(8):
             chans = []
-            for m in sources:
-                small = area @ dihedral(m[:, lo_edge:hi_edge, lo_edge:hi_edge], d) @ area.T
-                coef = (dct @ small @ dct.T)[:, keep]  # (N, D/2)
-                chans.append(coef / np.maximum(np.linalg.norm(coef, axis=1, keepdims=True), 1e-6))
-            weights = (math.sqrt(LUMA_WEIGHT), math.sqrt(1 - LUMA_WEIGHT))
+            for coef in coefs:
+                kept = _dihedral_dct(coef, d)[:, keep]  # (N, D/2)
+                chans.append(kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-6))
             joined = [w * c for w, c in zip(weights, chans, strict=True)]
             per_dihedral.append(np.concatenate(joined, axis=1))
         views.append(np.stack(per_dihedral, axis=1))
     return np.ascontiguousarray(np.stack(views, axis=1), dtype=np.float32)
+
+
+def _dct_of(maps: np.ndarray, to_dct: np.ndarray) -> np.ndarray:
+    """(N, S, S) maps -> (N, K, K) coefficients ``to_dct @ map @ to_dct.T``, as two products
+    over the whole batch; ``to_dct``: (K, S)."""
+    n, s, k = len(maps), maps.shape[1], len(to_dct)
+    rows = (maps.reshape(n * s, s) @ to_dct.T).reshape(n, s, k)  # each map @ to_dct.T
+    both = np.swapaxes(rows, 1, 2).reshape(n * k, s) @ to_dct.T  # (N * K, K)
+    return np.swapaxes(both.reshape(n, k, k), 1, 2)
+
+
+def _dihedral_dct(coef: np.ndarray, d: int) -> np.ndarray:
+    """The (..., K, K) DCT coefficients of ``dihedral(maps, d)`` from those of the maps.
+
+    Reversing the last axis of a map negates its coefficients of odd frequency along it
+    (and the area averaging before, in equal bins, commutes with the reversal); rot90 is
+    that reversal, then a transpose. Exact: one DCT per view instead of eight.
+    """
+    odd = np.where(np.arange(coef.shape[-1]) % 2, -1.0, 1.0).astype(coef.dtype)
+    for _ in range(d // 2):
+        coef = np.swapaxes(coef * odd, -2, -1)
+    return coef * odd if d % 2 else coef
 
 
 @dataclass

@@ -17,6 +17,16 @@ def photo(seed: int) -> np.ndarray:
     return cv2.resize(small, (256, 256), interpolation=cv2.INTER_CUBIC)
 
 
+def test_the_dct_of_each_rotation_or_flip_comes_from_the_dct_of_the_map():
+    maps = np.random.default_rng(0).random((3, 24, 24)).astype(np.float32)
+    to_dct = candidates._dct_matrix(8) @ candidates._area_matrix(24, 8)
+    coef = candidates._dct_of(maps, to_dct)
+    np.testing.assert_allclose(coef[1], to_dct @ maps[1] @ to_dct.T, atol=1e-5)
+    for d in range(8):
+        direct = candidates._dct_of(np.ascontiguousarray(candidates.dihedral(maps, d)), to_dct)
+        np.testing.assert_allclose(candidates._dihedral_dct(coef, d), direct, atol=1e-5)
+
+
 def test_each_copy_is_a_candidate_of_its_photo():
     originals = [photo(s) for s in range(30)]
     turned = [copies.turn(originals[k], 1 + k % 7) for k in range(5)]
