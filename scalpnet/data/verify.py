@@ -302,17 +302,19 @@ def ratio_test(dots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     For unit vectors the squared distance is 2 - 2 x.y, so a query passes when its largest
     dot product b is the only one at or above 1 - (1 - b) / RATIO^2. Reductions across the
-    train rows run along contiguous queries: two passes over one small matrix product, and
-    an argmax only over the columns that pass (OpenCV's brute-force matcher finds the same
-    matches).
+    train rows run along contiguous queries, in the smallest integer type that holds T
+    (np.count_nonzero along an axis widens every bool to 8 bytes first, 16x slower here).
+    A passing query has one close train row, so the sum of the close rows' indices is
+    its nearest: no argmax, which gathers columns. OpenCV's brute-force matcher finds
+    the same matches.
     """
+    small = np.min_scalar_type(len(dots))  # wraps only in columns with several close rows
     best = dots.max(axis=0)  # (Q,)
-    near = dots >= 1.0 - (1.0 - best) / (RATIO * RATIO)  # (T, Q) bool
-    # Summed as bytes in the smallest type that holds T: np.count_nonzero along an axis
-    # widens every bool to 8 bytes first, 16x slower here.
-    close = np.add.reduce(near.view(np.uint8), axis=0, dtype=np.min_scalar_type(len(dots)))
-    keep = np.flatnonzero(close == 1)  # the nearest alone is that close
-    return keep, np.argmax(dots[:, keep], axis=0)
+    near = (dots >= 1.0 - (1.0 - best) / (RATIO * RATIO)).view(np.uint8)  # (T, Q) 0 or 1
+    keep = np.flatnonzero(np.add.reduce(near, axis=0, dtype=small) == 1)
+    rows = np.arange(len(dots), dtype=small)[:, None]
+    nearest = np.add.reduce(np.multiply(near, rows, dtype=small), axis=0, dtype=small)
+    return keep, nearest[keep].astype(np.int64)
 
 
 def hough_peaks(
