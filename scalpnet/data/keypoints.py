@@ -123,11 +123,11 @@ class Keypoints:
         if self.flip is None:
             return desc @ np.concatenate([others, self.mirrored(others)]).T
         s, q = int(np.count_nonzero(self.flip > 0)), len(others)
-        symmetric = desc[:, :s] @ others[:, :s].T  # (T, Q)
-        antisymmetric = desc[:, s:] @ others[:, s:].T  # (T, Q)
         out = np.empty((len(desc), 2 * q), np.float32)
-        np.add(symmetric, antisymmetric, out=out[:, :q])
+        symmetric = np.matmul(desc[:, :s], others[:, :s].T, out=out[:, :q])  # (T, Q)
+        antisymmetric = desc[:, s:] @ others[:, s:].T  # (T, Q)
         np.subtract(symmetric, antisymmetric, out=out[:, q:])
+        symmetric += antisymmetric  # one temporary: fresh pages cost as much as the sums
         return out
 
     def mirror(self, points: np.ndarray) -> np.ndarray:
