@@ -105,6 +105,10 @@ class Keypoints:
     flip: np.ndarray | None = None  # (D,) +-1 per projected axis, how a mirror changes it,
     # the +1 axes first; None: raw SIFT, mirrored by the permutation MIRROR
 
+    def __post_init__(self) -> None:
+        if self.flip is not None and np.any(np.diff(self.flip) > 0):
+            raise ValueError("flip must list the mirror-symmetric (+1) axes first")
+
     def mirrored(self, desc: np.ndarray) -> np.ndarray:
         """(K, D) descriptors -> the descriptors of the mirrored patches."""
         if self.flip is None:
@@ -127,7 +131,7 @@ class Keypoints:
         symmetric = np.matmul(desc[:, :s], others[:, :s].T, out=out[:, :q])  # (T, Q)
         antisymmetric = desc[:, s:] @ others[:, s:].T  # (T, Q)
         np.subtract(symmetric, antisymmetric, out=out[:, q:])
-        symmetric += antisymmetric  # one temporary: fresh pages cost as much as the sums
+        symmetric += antisymmetric  # in place: one (T, Q) temporary fewer
         return out
 
     def mirror(self, points: np.ndarray) -> np.ndarray:

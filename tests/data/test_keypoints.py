@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from scalpnet.data import copies, keypoints, verify
 from scalpnet.data.fingerprints import view
@@ -105,6 +106,8 @@ def test_dots_with_the_mirrored_descriptors_equal_their_products():
         got = kp.dots(a, others)
         assert got.shape == (len(a), 2 * len(others)) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="first"):
+        keypoints.Keypoints(projected.points, projected.descriptors, 160, flip[::-1].copy())
 
 
 def test_projection_keeps_the_nearest_descriptor_of_a_clear_match():
