@@ -111,6 +111,18 @@ def test_the_ratio_test_finds_what_opencv_brute_force_finds(real_photo_paths):
     assert len(expected) > 5
 
 
+def test_the_ratio_test_with_more_train_rows_than_a_byte_holds():
+    """Its sums run in the smallest integer type that holds T: past 255 rows, 16 bits."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 8)).astype(np.float32)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    query = train[[7, 299, 150]] + rng.normal(0, 0.01, (3, 8)).astype(np.float32)
+    query = np.concatenate([query, train[[20, 20]]])  # two queries with ties: no match
+    train = np.concatenate([train, train[[20]]])  # row 300 repeats row 20
+    rows, nearest = verify.ratio_test(train @ query.T)
+    assert rows.tolist() == [0, 1, 2] and nearest.tolist() == [7, 299, 150]
+
+
 def test_hough_peaks_count_matches_that_agree_on_one_pose():
     """Matches made by one similarity transform land together; random ones scatter."""
     rng = np.random.default_rng(0)
