@@ -46,6 +46,17 @@ def wait_end(build: DemoBuild, timeout_s: float = 60) -> demo_build.BuildState:
     pytest.fail("the child did not end")
 
 
+def wait_recorded(build: DemoBuild, timeout_s: float = 60) -> dict:
+    """The build's info once the reaping thread has written the child's exit code."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = build._info()
+        if info.get("returncode") is not None:
+            return info
+        time.sleep(0.05)
+    pytest.fail("the exit code was never recorded")
+
+
 def test_community_cloud_and_the_setting():
     local = Path("/home/me/scalpnet")
     assert not on_community_cloud({"HOME": "/home/me"}, local)
@@ -108,7 +119,7 @@ def test_a_build_whose_app_went_away_is_not_running(tmp_path, monkeypatch):
     build = DemoBuild(app, app / "runs")
     build.start()
     wait_end(build)
-    info = build._info()
+    info = wait_recorded(build)  # else the reaping thread could write its code after ours
     info["returncode"] = None  # the app that started it ended before it did
     build.info_file.write_text(__import__("json").dumps(info))
     monkeypatch.setattr(demo_build, "_CHILDREN", {})  # a new app process knows no child
