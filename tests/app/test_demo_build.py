@@ -128,12 +128,12 @@ def test_a_build_whose_app_went_away_is_not_running(tmp_path, monkeypatch):
 
 def test_a_child_just_reaped_but_not_yet_recorded_is_done(tmp_path, monkeypatch):
     """The race CI met: the reaping thread has the exit code but has not written it."""
-    reaped = __import__("threading").Event()
+    reaped, recorded = __import__("threading").Event(), __import__("threading").Event()
 
     def slow_wait(self, child, info):
         code = child.wait()
         reaped.set()
-        time.sleep(1.0)
+        recorded.wait(60)  # held until the test has looked
         self._write_info({**info, "returncode": code})
 
     monkeypatch.setattr(DemoBuild, "_wait", slow_wait)
@@ -141,8 +141,11 @@ def test_a_child_just_reaped_but_not_yet_recorded_is_done(tmp_path, monkeypatch)
     DemoBuild(app, app / "runs").start()
     assert reaped.wait(60)
     fresh = DemoBuild(app, app / "runs")  # as a Streamlit rerun makes
-    assert fresh._info()["returncode"] is None
-    assert fresh.state().phase == "done"
+    try:
+        assert fresh._info()["returncode"] is None
+        assert fresh.state().phase == "done"
+    finally:
+        recorded.set()
 
 
 def test_a_build_in_its_export_step_is_servable(tmp_path):
