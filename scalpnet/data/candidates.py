@@ -49,12 +49,6 @@ COARSE_VIEWS = (
 COARSE_COMBINATIONS = ((0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (0, 3), (3, 0), (0, 4), (4, 0))
 
 
-def dihedral(images: np.ndarray, d: int) -> np.ndarray:
-    """Turn d (0-7) of (..., H, W) maps: rot90 d // 2 times, then a left-right flip if d is odd."""
-    out = np.rot90(images, d // 2, axes=(-2, -1))
-    return out[..., ::-1] if d % 2 else out
-
-
 def _local_contrast(maps: np.ndarray) -> np.ndarray:
     """(N, S, S) -> (N, S, S) standard deviation over each 3x3 neighbourhood (reflected border)."""
     padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), mode="reflect").astype(np.float32)
@@ -141,7 +135,8 @@ def _dct_of(maps: np.ndarray, to_dct: np.ndarray) -> np.ndarray:
 
 
 def _dihedral_dct(coef: np.ndarray, d: int) -> np.ndarray:
-    """The (..., K, K) DCT coefficients of ``dihedral(maps, d)`` from those of the maps.
+    """The (..., K, K) DCT coefficients of each map turned by d (0-7: rot90 d // 2 times,
+    then a left-right flip if d is odd, as ``copies.turn``) from those of the maps.
 
     Reversing the last axis of a map negates its coefficients of odd frequency along it
     (and the area averaging before, in equal bins, commutes with the reversal); rot90 is
