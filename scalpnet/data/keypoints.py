@@ -99,8 +99,8 @@ class Keypoints:
     """SIFT keypoints of N views, with raw descriptors or their projection (``project``)."""
 
     points: list[np.ndarray]  # N x (K, 4) float32: x, y, orientation (degrees), log2 of size
-    descriptors: list[np.ndarray]  # N x (K, D) float32, unit norm: raw SIFT (D = 128) or
-    # projected RootSIFT (D = MATCH_DIMS)
+    descriptors: list[np.ndarray]  # N x (K, D): raw SIFT, uint8 as OpenCV computes it (D =
+    # 128, norm about 512), or projected RootSIFT, float32 of unit norm (D = MATCH_DIMS)
     size: int  # view side, pixels
     flip: np.ndarray | None = None  # (D,) +-1 per projected axis, how a mirror changes it,
     # the +1 axes first; None: raw SIFT, mirrored by the permutation MIRROR
@@ -115,6 +115,13 @@ class Keypoints:
             return np.ascontiguousarray(desc[:, MIRROR])
         return desc * self.flip
 
+    def unit(self, desc: np.ndarray) -> np.ndarray:
+        """(K, D) descriptors -> (K, D) float32 of unit norm (projected ones already are)."""
+        if self.flip is not None:
+            return desc
+        desc = desc.astype(np.float32)
+        return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-6)
+
     def dots(self, desc: np.ndarray, others: np.ndarray) -> np.ndarray:
         """(T, D) descriptors and (Q, D) others -> (T, 2Q) float32 dot products: with the
         others as seen, then with their mirror images.
@@ -125,6 +132,7 @@ class Keypoints:
         multiplying by the mirrored descriptors too.
         """
         if self.flip is None:
+            desc, others = self.unit(desc), self.unit(others)
             return desc @ np.concatenate([others, self.mirrored(others)]).T
         s, q = int(np.count_nonzero(self.flip > 0)), len(others)
         out = np.empty((len(desc), 2 * q), np.float32)
@@ -164,8 +172,8 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
         points = np.array([(*k.pt, k.angle, k.size) for k in found], np.float32).reshape(-1, 4)
         points[:, 3] = np.log2(points[:, 3])
         if desc is None:
-            return points, np.zeros((0, 128), np.float32)
-        return points, desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-6)
+            return points, np.zeros((0, 128), np.uint8)
+        return points, desc.astype(np.uint8)  # OpenCV's values are whole numbers 0-255
 
     with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         out = list(pool.map(one, views, chunksize=64))
@@ -193,7 +201,7 @@ def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, spars
     for first in range(0, n, ASSIGN_IMAGES):  # no copy of the whole set's descriptors
         last = min(n, first + ASSIGN_IMAGES)
         if starts[last] > starts[first]:
-            chunk = np.concatenate(kp.descriptors[first:last]).astype(np.float32, copy=False)
+            chunk = np.concatenate(kp.descriptors[first:last])  # (M, 128) uint8
             nearest[starts[first] : starts[last]] = vocabulary.assign(chunk)
     owner = np.repeat(np.arange(n), counts)
     weights = np.repeat(np.float32([1.0, 0.5]), total)
@@ -248,7 +256,7 @@ def project(kp: Keypoints, dims: int = MATCH_DIMS, seed: int = 0) -> Keypoints:
     out = []
     for first in range(0, len(counts), ASSIGN_IMAGES):  # bounded temporaries
         chunk = kp.descriptors[first : first + ASSIGN_IMAGES]
-        moved = _root(np.concatenate(chunk).astype(np.float32, copy=False)) @ basis
+        moved = _root(np.concatenate(chunk)) @ basis
         moved /= np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-6)
         out.extend(np.split(moved, np.cumsum([len(d) for d in chunk])[:-1]))
     return Keypoints(kp.points, out, kp.size, np.concatenate(flips)[top].astype(np.float32))
@@ -300,7 +308,7 @@ class Vocabulary:
         return cls(coarse, fine, fine_count, mirror_word)
 
     def assign(self, desc: np.ndarray) -> np.ndarray:
-        """(M, 128) raw unit SIFT descriptors -> (M, 2) words: the nearest fine word of the
+        """(M, 128) raw SIFT descriptors (any scale) -> (M, 2) words: the nearest fine word of the
         nearest coarse word, and the second nearest fine word there."""
         desc = _root(desc)  # RootSIFT once, for both levels
         top = _nearest(desc, self.coarse)
@@ -316,7 +324,9 @@ class Vocabulary:
 
 
 def _root(desc: np.ndarray) -> np.ndarray:
-    """(M, 128) SIFT -> RootSIFT: sqrt of the L1-normalised descriptor (unit L2 norm)."""
+    """(M, 128) SIFT, any scale -> (M, 128) float32 RootSIFT: sqrt of the L1-normalised
+    descriptor (unit L2 norm)."""
+    desc = desc.astype(np.float32, copy=False)
     out = desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-6)
     return np.sqrt(out, out=out)
 

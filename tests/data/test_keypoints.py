@@ -23,7 +23,9 @@ def test_mirrored_keypoints_equal_detection_on_the_mirrored_view():
     seen = keypoints.extract(v[None], workers=1)
     detected = keypoints.extract(np.ascontiguousarray(v[None, :, ::-1]), workers=1)
     points, desc = seen.get(0, mirrored=True)
+    desc = seen.unit(desc)
     other_points, other_desc = detected.get(0)
+    other_desc = detected.unit(other_desc)
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
     matched = 0
     for p, d in zip(points, desc, strict=True):  # p: x, y, orientation, log2 size
@@ -33,6 +35,20 @@ def test_mirrored_keypoints_equal_detection_on_the_mirrored_view():
         if here.any():
             matched += np.linalg.norm(other_desc[here] - d, axis=1).min() < 0.25
     assert matched >= 0.8 * len(points) > 10
+
+
+def test_raw_descriptors_are_opencvs_as_bytes():
+    """A quarter of float32's memory and nothing lost: OpenCV's values are whole, 0-255."""
+    views = np.stack([textured(s) for s in range(3)])
+    kp = keypoints.extract(views, workers=1)
+    sift = cv2.SIFT_create(nfeatures=keypoints.FEATURES, contrastThreshold=keypoints.CONTRAST)
+    for grey, desc in zip(views, kp.descriptors, strict=True):
+        _, expected = sift.detectAndCompute(grey, None)
+        assert desc.dtype == np.uint8 and len(desc) > 10
+        np.testing.assert_array_equal(desc, expected)  # float32 vs uint8, value for value
+    unit = kp.unit(kp.descriptors[0])
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
 
 
 def test_word_vectors_are_unit_and_see_a_copy_as_its_photo():
@@ -102,7 +118,8 @@ def test_dots_with_the_mirrored_descriptors_equal_their_products():
     assert np.all(np.diff(flip) <= 0)  # the +1 axes first
     for kp in (raw, projected):
         a, others = kp.descriptors[0], np.concatenate(kp.descriptors[1:])
-        expected = a @ np.concatenate([others, kp.mirrored(others)]).T
+        unit_a, unit_others = kp.unit(a), kp.unit(others)
+        expected = unit_a @ np.concatenate([unit_others, kp.mirrored(unit_others)]).T
         got = kp.dots(a, others)
         assert got.shape == (len(a), 2 * len(others)) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -103,7 +103,7 @@ def test_a_degenerate_or_wild_transform_is_no_alignment(real_photo_paths):
 # --------------------------------------------------------------------------- matching
 def test_the_ratio_test_finds_what_opencv_brute_force_finds(real_photo_paths):
     kp = extract(real_views(real_photo_paths[:2]), workers=1)
-    query, train = kp.descriptors[1], kp.descriptors[0]
+    query, train = kp.unit(kp.descriptors[1]), kp.unit(kp.descriptors[0])
     rows, nearest = verify.ratio_test(train @ query.T)
     knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query, train, k=2)
     expected = [(m.queryIdx, m.trainIdx) for m, n in knn if m.distance < verify.RATIO * n.distance]
