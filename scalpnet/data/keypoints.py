@@ -30,13 +30,23 @@ What SIFT does not undo is a shear. The set's images are squashed to 256x256 wha
 their aspect ratio, so a copy turned by a non-right angle before the squash differs from
 its photo by a turn and a zoom that differs between the two axes by the photo's aspect
 ratio (1.33-1.5 for most photos). Of the 64 copies not grouped with their own photo at the
-default threshold over six plantings of ``benchmarks/bench_dedupe.py --mode real``, 42 were
-never a candidate pair with it, 21 found no alignment and 1 scored below; 55 of the 64 had
-been turned so. A one-off probe (2026-12-04) stretched each such photo's detail view back
-to its aspect ratio before SIFT: 35 of the 64 pairs then had at least 10 matches agreeing
-on one pose, against 12 without. Simulating such stretches for every image, as ASIFT does,
-would add one SIFT pass (about 4.7 ms of CPU at 160 px) per stretch and image, and
-products to match; the keypoint stage already takes 40% of the audit.
+default threshold over six plantings of ``benchmarks/bench_dedupe.py --mode real``
+(2026-12-04 00:22, raw descriptors as float32), 42 were never a candidate pair with it, 21
+found no alignment and 1 scored below; 55 of the 64 had been turned so. A one-off probe
+(2026-12-04) stretched each such photo's detail view back to its aspect ratio before SIFT:
+35 of the 64 pairs then had at least 10 matches agreeing on one pose, against 12 without.
+Simulating such stretches for every image, as ASIFT does, would add one SIFT pass (about
+4.7 ms of CPU at 160 px) per stretch and image, and products to match; the keypoint stage
+already takes 40% of the audit.
+
+Raw descriptors are kept as OpenCV computes them, bytes: its float32 values are whole
+numbers 0-255 (about 512 in norm), so nothing is lost, and 12,000 images' raw descriptors
+take 246 MB instead of 983 MB. RootSIFT (words, ``project``) does not care about their
+scale; ``Keypoints.unit`` makes them unit vectors where raw ones are multiplied. Measured
+2026-12-04 11:59-12:14 (quiet, beside the float32 version in a worktree): the same 270,703
+synthetic pairs verified and the same groups, 12,000 images 67.5-68.2 -> 64.5-65.4 s
+end to end (``benchmarks/bench_dedupe.py``), and ``python -m scalpnet audit`` on those
+files 70.1 -> 68.2 s at a peak RSS of 2.74 -> 2.12 GB.
 
 Matching (``verify.py``) uses each descriptor as RootSIFT projected on its 48 principal
 axes (``project``), not the raw 128 numbers: the descriptor products that bound
