@@ -63,6 +63,7 @@ MAX_SCALE = 6.0  # a fitted transform zooming more than this (either way) is not
 REFINE_FROM = 0.05  # alignments scoring from here up to the threshold are refined by ECC
 ECC_ITERATIONS = 30
 ECC_EPSILON = 1e-4
+MATCH_ROWS = 16_384  # partners' descriptors matched at a time (about 100 partners of 160)
 _EDGE = np.ones((5, 5), np.uint8)  # the high-pass near a warped border is not texture
 
 
@@ -123,15 +124,14 @@ class Verifier:
         slots = [slot for slot, b in enumerate(partners) if len(kp.points[b]) >= MIN_MATCHES]
         if ka < MIN_MATCHES or not slots:
             return found
-        # One product of a's descriptors with every partner's, as seen and mirrored; each
-        # (partner, orientation) is a side of the ratio test and of the pose check.
+        # a's descriptors matched to every partner's, as seen and mirrored; each (partner,
+        # orientation) is a side of the ratio test and of the pose check.
         bs = [partners[slot] for slot in slots]
         points = np.concatenate([kp.points[b] for b in bs])  # (Q, 4)
         owner = np.repeat(np.arange(len(bs)), [len(kp.points[b]) for b in bs])  # (Q,) partner
-        seen = np.concatenate([kp.descriptors[b] for b in bs])  # (Q, D)
-        query, train = ratio_test(kp.dots(da, seen))  # (ka, 2Q): as seen, then mirrored
-        mirrored = query >= len(seen)
-        rows = query - len(seen) * mirrored  # (M,) keypoint of the partners
+        query, train = self._ratio_matches(da, bs)  # of the Q partners' keypoints as seen,
+        mirrored = query >= len(points)  # then Q more mirrored
+        rows = query - len(points) * mirrored  # (M,) keypoint of the partners
         src = points[rows]  # (M, 4) in b, mirrored where the descriptor was
         src[mirrored] = kp.mirror(src[mirrored])
         side_of = 2 * owner[rows] + mirrored  # (M,) partner k as seen: 2k, mirrored: 2k + 1
@@ -149,6 +149,33 @@ class Verifier:
         for options in found:
             options.sort(key=lambda o: -len(o.src))
         return found
+
+    def _ratio_matches(self, da: np.ndarray, bs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio-test matches of the partners' descriptors, as seen (query q) and mirrored
+        (query Q + q), to (T, D) ``da``: (M,) queries, ascending within each partner and
+        orientation, and (M,) train rows.
+
+        Up to ``MATCH_ROWS`` partners' descriptors at a time, so that an image many others
+        chose as a candidate does not make one (T, 2Q) matrix of hundreds of MB: a hub of
+        390 partners in 12,000 synthetic images made 128 MB of temporaries, 36 MB so. A
+        query's match does not depend on the other queries.
+        """
+        kp = self.keypoints
+        counts = np.array([len(kp.descriptors[b]) for b in bs])
+        total = int(counts.sum())
+        first = np.concatenate([[0], np.cumsum(counts)])  # where each partner's rows begin
+        queries, trains = [], []
+        start = 0
+        while start < len(bs):  # partners [start, stop): at least one, within MATCH_ROWS
+            fits = int(np.searchsorted(first, first[start] + MATCH_ROWS, "right")) - 1
+            stop = max(start + 1, fits)
+            seen = np.concatenate([kp.descriptors[b] for b in bs[start:stop]])  # (q, D)
+            query, train = ratio_test(kp.dots(da, seen))  # (T, 2q): as seen, then mirrored
+            mirrored = query >= len(seen)
+            queries.append(query - len(seen) * mirrored + first[start] + total * mirrored)
+            trains.append(train)
+            start = stop
+        return np.concatenate(queries), np.concatenate(trains)
 
     def _in_view(self, points: np.ndarray) -> np.ndarray:
         """(M, 2) keypoint positions -> the same places in the verification views' pixels."""

@@ -170,3 +170,23 @@ def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do(real_photo_pa
     assert abs(by_projection.score(0, 13) - by_raw.score(0, 13)) < 0.05
     found = by_projection.orientations(13, list(range(1, 13)))
     assert sum(bool(f) for f in found) <= 3, [len(f) for f in found]
+
+
+def test_matching_a_few_partners_at_a_time_finds_the_same_matches(real_photo_paths, monkeypatch):
+    """An image with thousands of partners is matched in slices (MATCH_ROWS): the same
+    matches, and so the same orientations, as one product."""
+    views = with_a_copy_of_the_first(real_views(real_photo_paths[:13]))
+    v = verify.Verifier(views, project(extract(views, workers=1)))
+    partners = list(range(13))
+    whole = v._ratio_matches(v.keypoints.descriptors[13], partners)
+    options = v.orientations(13, partners)
+    monkeypatch.setattr(verify, "MATCH_ROWS", 300)  # about two partners of 160 at a time
+    sliced = v._ratio_matches(v.keypoints.descriptors[13], partners)
+    assert len(whole[0]) > 50
+    for got, expected in zip(sliced, whole, strict=True):  # query order may differ
+        np.testing.assert_array_equal(got[np.argsort(sliced[0])], expected[np.argsort(whole[0])])
+    again = v.orientations(13, partners)
+    assert [[(o.mirrored, len(o.src)) for o in f] for f in again] == [
+        [(o.mirrored, len(o.src)) for o in f] for f in options
+    ]
+    assert any(again)
