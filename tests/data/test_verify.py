@@ -173,8 +173,8 @@ def test_projected_keypoints_verify_a_real_copy_as_the_raw_ones_do(real_photo_pa
 
 
 def test_matching_a_few_partners_at_a_time_finds_the_same_matches(real_photo_paths, monkeypatch):
-    """An image with thousands of partners is matched in slices (MATCH_ROWS): the same
-    matches, and so the same orientations, as one product."""
+    """An image with many partners is matched in slices of MATCH_ROWS descriptors: the
+    same matches, and so the same orientations, as one product."""
     views = with_a_copy_of_the_first(real_views(real_photo_paths[:13]))
     v = verify.Verifier(views, project(extract(views, workers=1)))
     partners = list(range(13))
