@@ -330,7 +330,7 @@ def _add_audit(verbs) -> Handler:
         )
         result = audit.audit(config)
         written = audit.write_audit(result, config.out, config.sheet_groups)
-        print(audit.summary(result))
+        print(audit.summary(result, written["audit_json"]))
         print(f"Wrote {', '.join(str(path) for path in written.values())}")
         return 0
 

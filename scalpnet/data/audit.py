@@ -28,7 +28,7 @@ from scalpnet.data.grouping import (
     Grouping,
     find_groups,
 )
-from scalpnet.data.layouts import discover
+from scalpnet.data.layouts import discover, skipped_lines
 from scalpnet.data.preprocess import load_image
 from scalpnet.errors import ConfigError
 from scalpnet.files import write_json_atomic, write_text_atomic
@@ -308,13 +308,14 @@ def _share(k: int, n: int) -> str:
     return f"{k} / {n} ({100 * k / n:.1f}%)" if n else f"{k} / 0"
 
 
-def summary(result: AuditResult) -> str:
-    """The audit in a few lines of text, for the CLI."""
+def summary(result: AuditResult, report: Path = Path("audit.json")) -> str:
+    """The audit in a few lines of text, for the CLI; ``report``: where audit.json went."""
     r = result.report
     g = r["groups"]
     lines = [
         f"Audited {r['images']} images from '{result.data}' in {r['elapsed_seconds']:.1f} s "
         f"(threshold {r['threshold']:.2f}, {len(r['skipped'])} skipped).",
+        *skipped_lines(result.skipped, report),
         f"Near-duplicate groups: {g['count']} holding {g['images']} images "
         f"(largest {g['largest']}; {g['with_different_labels']} groups mix labels).",
         f"Consistency: {g['members_matching_anchor']} of {g['members_checked_against_anchor']} "

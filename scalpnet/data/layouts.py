@@ -65,6 +65,17 @@ class Discovery:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def skipped_lines(skipped: list[tuple[Path, str]], report: Path, shown: int = 5) -> list[str]:
+    """The lines a CLI prints about the files it skipped: the first ``shown`` with why, how
+    many more, and the report that lists them all (none when nothing was skipped)."""
+    lines = [f"  skipped {path}: {reason}" for path, reason in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more")
+    if skipped:
+        lines.append(f"every skipped file and why: {report}")
+    return lines
+
+
 # --------------------------------------------------------------------------- discovery
 def _visible(path: Path | str) -> bool:
     name = Path(path).name

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from scalpnet.data import preprocess
-from scalpnet.data.layouts import SPLITS, Item, discover
+from scalpnet.data.layouts import SPLITS, Item, discover, skipped_lines
 from scalpnet.errors import ConfigError, DatasetError, InvalidImageError
 from scalpnet.files import is_leftover_temp, make_folder, write_bytes_atomic
 from scalpnet.labels import CONDITIONS, ENGLISH_NAMES, KEYS, NUM_CLASSES
@@ -460,11 +460,6 @@ def summary(result: PrepareResult) -> str:
         f"split: {result.split_scheme}; {result.processed} processed, {result.reused} already "
         f"up to date, {len(result.skipped)} skipped; {result.elapsed:.1f} s"
     )
-    for path, reason in result.skipped[:5]:
-        lines.append(f"  skipped {path}: {reason}")
-    if len(result.skipped) > 5:
-        lines.append(f"  ... and {len(result.skipped) - 5} more")
-    if result.skipped:
-        lines.append(f"every skipped file and why: {result.report_path}")
+    lines.extend(skipped_lines(result.skipped, result.report_path))
     lines.append(f"wrote {result.csv_path}")
     return "\n".join(lines)

@@ -32,14 +32,20 @@ def make_kaggle_from_fixtures(real_scalp_dir: Path, root: Path) -> Path:
 
 def test_audit_cli_on_a_kaggle_folder(tmp_path, real_scalp_dir, capsys):
     data = make_kaggle_from_fixtures(real_scalp_dir, tmp_path / "Hair Diseases - Final")
+    notes = next((data / "train").iterdir()) / "notes.jpg"
+    notes.write_text("not a photo")
     out = tmp_path / "audit"
     assert (
         cli.main(["audit", "--data", str(data), "--out", str(out), "--word-neighbours", "12"]) == 0
     )
     printed = capsys.readouterr().out
     assert "Test images with a near-duplicate in train" in printed
+    # the unreadable file is named with why, and where the full list is
+    assert f"skipped {notes}: " in printed and "not an image" in printed
+    assert f"every skipped file and why: {out / 'audit.json'}" in printed
     report = json.loads((out / "audit.json").read_text())
     assert report["images"] == 73 and report["threshold"] == grouping.DEFAULT_THRESHOLD
+    assert [s["path"] for s in report["skipped"]] == [str(notes)]
     assert (report["neighbours"], report["word_neighbours"]) == (grouping.DEFAULT_NEIGHBOURS, 12)
     leak = report["leakage"]
     # documented: group 2 (0123 train / 0134 test), 3 (0322 / 0803), 4 (0398 train / 0960 val)
