@@ -11,7 +11,9 @@
   probability difference within ``FP32_TOLERANCE``); int8 against fp32 through the run's
   calibration and tuned thresholds, the gate ``runtimes.open_runtime`` reads before
   serving int8 by default: top-1 agreement >= 99%, largest calibrated-probability
-  difference <= 0.05, no condition's decision flipping on more than 1% of images.
+  difference <= 0.05, no condition's decision flipping on more than 1% of images; and the
+  int8 model's features of a seeded noise image (``runtimes.probe_features``), so that a
+  server can tell whether it computes the same numbers as the machine that checked it.
 """
 
 from __future__ import annotations
@@ -354,7 +356,9 @@ def _export(run_dir: Path, int8: bool, check_images: int, done) -> dict:
     if int8:
         quantize_int8(fp32_path, int8_path, split_pixels(run_dir, "val", CALIBRATION_IMAGES))
         done("int8")
-        _, int8_probs = _outputs(runtimes.OnnxRuntime(int8_path), test)
+        int8_runtime = runtimes.OnnxRuntime(int8_path)
+        _, int8_probs = _outputs(int8_runtime, test)
+        probe = runtimes.probe_features(int8_runtime)
         done("check int8")
         measured = compare(fp32_probs, int8_probs, calibration, thresholds)
         reasons = gate_reasons(measured)
@@ -365,6 +369,7 @@ def _export(run_dir: Path, int8: bool, check_images: int, done) -> dict:
             calibration_images=CALIBRATION_IMAGES,
             passed=not reasons,
             reasons=reasons,
+            probe_features=[float(f"{x:.7g}") for x in probe],  # what it computes here
         )
         record["int8"] = measured
     record["served_by_default"] = (

@@ -31,6 +31,9 @@ INT8_FILE = "model.int8.onnx"
 CHECK_FILE = "onnx_check.json"
 CHOICES = ("auto", "onnx", "int8", "keras")
 FEATURES = 2048
+PROBE_SEED = 0  # of the noise image whose features fingerprint a runtime's arithmetic
+PROBE_TOLERANCE = 0.01  # largest probe feature change, relative to the largest feature:
+# the same CPU gives the same bits; an AVX2-only one moved an int8 model's by 4-7% (docs/deploy.md)
 
 
 class KerasRuntime:
@@ -197,11 +200,47 @@ def int8_refusal(run_dir: Path, check: dict) -> str | None:
     return None
 
 
+def probe_features(runtime) -> np.ndarray:
+    """(2048,) float32: a runtime's pooled features of one seeded noise image, here.
+
+    On x86 CPUs without VNNI, ONNX Runtime adds each pair of u8 x s8 products in 16 bits,
+    which saturate (docs/deploy.md): the same int8 model gives other numbers there than on
+    a CPU with VNNI, and a check recorded on the one does not hold on the other. The
+    export records these features beside the check; ``open_runtime`` computes them again
+    before it serves int8.
+    """
+    size = runtime.image_size
+    pixels = np.random.default_rng(PROBE_SEED).integers(0, 256, (1, size, size, 3), np.uint8)
+    return np.asarray(runtime.forward(pixels)[0][0], np.float32)
+
+
+def probe_refusal(runtime, recorded) -> str | None:
+    """Why ``runtime`` (the int8 model) does not compute here what it computed where it was
+    checked (``recorded``: the check's ``probe_features``), or None."""
+    try:
+        expected = np.asarray(recorded, np.float32).reshape(FEATURES)
+    except (TypeError, ValueError):  # not recorded (an older export), or not numbers
+        return (
+            f"{CHECK_FILE} does not record what {INT8_FILE} computes, so its check cannot be "
+            "confirmed on this CPU; export it again ('python -m scalpnet export --run RUN "
+            "--format int8')"
+        )
+    change = np.abs(probe_features(runtime) - expected).max() / max(np.abs(expected).max(), 1e-6)
+    if not change <= PROBE_TOLERANCE:
+        return (
+            f"{INT8_FILE} computes other numbers on this CPU than where it was checked (its "
+            f"probe features moved by {change:.1%} of their range; x86 CPUs without VNNI "
+            "saturate int8 products), so its check does not hold here"
+        )
+    return None
+
+
 def open_runtime(run_dir: Path, choice: str = "auto", *, jit_compile: bool = False):
     """The runtime a run folder is served with, and a note on why (or None).
 
-    ``auto``: the int8 model when its recorded check passed, else the fp32 ONNX model,
-    else Keras. A model file that will not load is skipped with the reason in the note.
+    ``auto``: the int8 model when its recorded check passed and it computes here what it
+    computed then (:func:`probe_refusal`), else the fp32 ONNX model, else Keras. A model
+    file that will not load is skipped with the reason in the note.
     ``onnx`` / ``int8`` / ``keras``: that one or a ModelNotFoundError.
 
     Returns:
@@ -224,12 +263,18 @@ def open_runtime(run_dir: Path, choice: str = "auto", *, jit_compile: bool = Fal
         return OnnxRuntime(path, name=f"onnx-{'int8' if choice == 'int8' else 'fp32'}"), None
     notes = []
     if (run_dir / INT8_FILE).is_file():
-        refusal = int8_refusal(run_dir, read_check(run_dir))
+        check = read_check(run_dir)
+        refusal = int8_refusal(run_dir, check)
         if refusal is None:
             try:
-                return OnnxRuntime(run_dir / INT8_FILE, name="onnx-int8"), None
+                int8 = OnnxRuntime(run_dir / INT8_FILE, name="onnx-int8")
             except ModelNotFoundError as exc:
                 refusal = str(exc)
+            else:
+                refusal = probe_refusal(int8, check["int8"].get("probe_features"))
+                if refusal is None:
+                    return int8, None
+                del int8  # its session's memory goes before the fp32 model's comes
         notes.append(refusal)
     if (run_dir / FP32_FILE).is_file():
         try:

@@ -50,9 +50,16 @@ def test_cam_on_onnx_equals_keras_gradcam(onnx_run):
                 np.testing.assert_allclose(heats[c], heat, atol=1e-4, err_msg=f"{name} {c}")
 
 
-def _check_record(run: Path, passed: bool) -> None:
+def _check_record(run: Path, passed: bool, probe_scale: float | None = 1.0) -> None:
+    """An onnx_check.json as the export writes it; ``probe_scale``: the recorded probe
+    features are what the int8 model computes here times this (None: not recorded)."""
+    from scalpnet.serve import runtimes
+
     record = {"int8": {"passed": passed, "reasons": [] if passed else ["top-1 agreement 90%"]}}
     record["int8"]["sha256"] = sha256(run / "model.int8.onnx")
+    if probe_scale is not None:
+        here = runtimes.probe_features(runtimes.OnnxRuntime(run / "model.int8.onnx"))
+        record["int8"]["probe_features"] = (here * probe_scale).tolist()
     (run / "onnx_check.json").write_text(json.dumps(record))
 
 
@@ -72,6 +79,19 @@ def test_auto_serves_int8_only_when_its_recorded_check_passed(onnx_run, tmp_path
     record["int8"]["sha256"] = "0" * 64
     (run / "onnx_check.json").write_text(json.dumps(record))
     assert Predictor.load(run).runtime.name == "onnx-fp32"
+    # A check made where int8 computed other numbers (a CPU whose int8 products saturate,
+    # or not) does not hold here; nor one that does not say what it computed.
+    _check_record(run, passed=True, probe_scale=1.05)
+    elsewhere = Predictor.load(run)
+    assert elsewhere.runtime.name == "onnx-fp32"
+    assert "computes other numbers on this CPU" in elsewhere.runtime_note
+    _check_record(run, passed=True, probe_scale=None)
+    unrecorded = Predictor.load(run)
+    assert unrecorded.runtime.name == "onnx-fp32" and "export it again" in unrecorded.runtime_note
+    record = json.loads((run / "onnx_check.json").read_text())
+    record["int8"]["probe_features"] = ["?"] * 2048  # a damaged record: the same, no traceback
+    (run / "onnx_check.json").write_text(json.dumps(record))
+    assert "export it again" in Predictor.load(run).runtime_note
     # Asked for by name (argument or environment), int8 is served regardless.
     assert Predictor.load(run, runtime="int8").runtime.name == "onnx-int8"
     os.environ["SCALPNET_RUNTIME"] = "keras"
