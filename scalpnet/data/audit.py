@@ -308,7 +308,7 @@ def _share(k: int, n: int) -> str:
     return f"{k} / {n} ({100 * k / n:.1f}%)" if n else f"{k} / 0"
 
 
-def summary(result: AuditResult, report: Path = Path("audit.json")) -> str:
+def summary(result: AuditResult, report: Path) -> str:
     """The audit in a few lines of text, for the CLI; ``report``: where audit.json went."""
     r = result.report
     g = r["groups"]

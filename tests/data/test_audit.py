@@ -79,7 +79,7 @@ def test_audit_on_a_labels_csv(tmp_path, real_scalp_dir):
     assert result.report["leakage"]["images_with_twin_in_other_split"] == 6
     written = audit.write_audit(result, tmp_path / "a")
     assert set(written) == {"groups_csv", "contact_sheet", "audit_json"}
-    assert "6 / 6" in audit.summary(result)
+    assert "6 / 6" in audit.summary(result, written["audit_json"])
 
 
 def test_audit_cli_mistakes_are_one_line(tmp_path, capsys):
