@@ -18,6 +18,7 @@ import streamlit as st
 from scalpnet.app import demo_build
 from scalpnet.app import state as app_state
 from scalpnet.app.text import LANGUAGE_NAMES, image_problem, text
+from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
 from scalpnet.progress import format_seconds
@@ -370,6 +371,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
 # --------------------------------------------------------------------------- the page
 def main() -> None:
     quiet_tensorflow()  # no TensorFlow start-up notices unless TF_CPP_MIN_LOG_LEVEL is set
+    use_onednn()  # before TensorFlow is imported: twice the training speed on AVX2 CPUs
     st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
     keep_tensorflow_warm_between_reruns()
     language = choose_language()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import ScalpNetError
 from scalpnet.quiet import quiet_tensorflow
 
@@ -414,6 +415,7 @@ def export_onnx(run_dir: Path, progress: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow(verbose=args.verbose >= 2)
+    use_onednn()
     try:
         image_size = args.image_size or (DEMO_SIZE if args.demo else DEFAULT_SIZE)
         if args.demo:

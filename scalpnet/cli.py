@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scalpnet import __version__
+from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import ConfigError, ModelNotFoundError, ScalpNetError
 from scalpnet.quiet import quiet_tensorflow
 
@@ -369,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     quiet_tensorflow(verbose=args.verbose)
+    use_onednn()
     try:
         return handlers[args.verb](args) or 0
     except ScalpNetError as exc:
