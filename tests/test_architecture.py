@@ -20,6 +20,7 @@ STAGES = {
     "scalpnet.errors": 0,
     "scalpnet.files": 0,
     "scalpnet.quiet": 0,
+    "scalpnet.cpu_kernels": 0,
     "scalpnet.import_hooks": 0,
     "scalpnet.progress": 0,
     "scalpnet.data": 1,
