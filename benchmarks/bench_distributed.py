@@ -244,6 +244,9 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
+    from scalpnet.cpu_kernels import use_onednn
+
+    use_onednn()  # as train.py, the CLI and the app do, before TensorFlow starts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64, help="CPU section image side")
     parser.add_argument("--batch", type=int, default=16, help="CPU section global batch")

@@ -94,6 +94,9 @@ def _gemm_ceiling(n: int = 2048, repeats: int = 5) -> float:
 
 
 def main(argv=None) -> int:
+    from scalpnet.cpu_kernels import use_onednn
+
+    use_onednn()  # as train.py, the CLI and the app do, before TensorFlow starts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="model input side (default 256)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per method")

@@ -256,6 +256,9 @@ def measure_memory(mode: str, csv_path: Path, size: int) -> dict:
 
 # --------------------------------------------------------------------------- main
 def main() -> None:
+    from scalpnet.cpu_kernels import use_onednn
+
+    use_onednn()  # as train.py, the CLI and the app do, before TensorFlow starts
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=96, help="image side for (a) and (b)")
     p.add_argument("--n", type=int, default=480, help="images for (a) and (b)")
