@@ -236,7 +236,7 @@ def display_photo(data: bytes, sha: str):
     return current[1]
 
 
-def show_gradcam(predictor, prediction, data: bytes, photo, language: str, t) -> None:
+def show_gradcam(predictor, prediction, photo, language: str, t) -> None:
     """The optional Grad-CAM overlay for the top condition or another chosen one."""
     if not st.toggle(t["gradcam_toggle"], key="gradcam"):
         return
@@ -252,7 +252,7 @@ def show_gradcam(predictor, prediction, data: bytes, photo, language: str, t) ->
     heats = remembered("gradcam")
     key = (prediction.image_sha256, index)
     if key not in heats:
-        remember("gradcam", key, predictor.explain(data, prediction, classes=[index])[index])
+        remember("gradcam", key, predictor.explain_prediction(prediction, [index])[index])
     st.image(
         overlay(photo, heats[key]),
         caption=t["gradcam_caption"].format(name=CONDITIONS[index].name(language)),
@@ -431,7 +431,7 @@ def main() -> None:
     left, right = st.columns([2, 3], gap="large")
     with left:
         st.image(photo, caption=t["photo_caption"], width="stretch")
-        show_gradcam(predictor, prediction, data, photo, language, t)
+        show_gradcam(predictor, prediction, photo, language, t)
     with right:
         show_result(predictor, prediction, language, t)
     explanation = show_explanation(prediction, settings, language, t)

@@ -127,7 +127,7 @@ def run_predict(config: PredictConfig) -> PredictReport:
         for (index, image, _), prediction in zip(chunk, predictions, strict=True):
             written = ()
             if config.gradcam is not None:
-                heats = predictor.explain(image, prediction)
+                heats = predictor.explain_prediction(prediction)
                 keys = [CONDITIONS[c].key for c in heats]
                 paths = gradcam_paths(config.gradcam, index, image, len(config.images), keys)
                 photo = preprocess.load_image(image)

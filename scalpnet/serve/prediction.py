@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from scalpnet.labels import CONDITIONS, NUM_CLASSES, Condition
 
 
@@ -22,6 +24,11 @@ class Prediction:
             or None without augmentation.
         image_sha256: hash of the input bytes when they were given, else None.
         timings_ms: wall time of each stage (e.g. ``{"preprocess": 4.1, "forward": 61.0}``).
+        class_maps: (h, w, 10) float32, each condition's map over the last convolution's
+            grid (8x8 at 256 px) from the forward pass that made this prediction (the
+            un-augmented view): what ``Predictor.explain_prediction`` draws the CAM from,
+            with no second forward pass. None when not made by a Predictor. Not compared,
+            not printed, not in :meth:`to_dict`.
     """
 
     probabilities: tuple[float, ...]
@@ -32,6 +39,7 @@ class Prediction:
     uncertainty: tuple[float, ...] | None = None
     image_sha256: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    class_maps: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("probabilities", "thresholds", "raw_probabilities"):
@@ -66,6 +74,7 @@ class Prediction:
         """JSON-ready dict with condition keys, for `--json`, downloads and logs."""
         keys = [c.key for c in CONDITIONS]
         data = asdict(self)
+        del data["class_maps"]
         for name in ("probabilities", "thresholds", "raw_probabilities", "uncertainty"):
             if data[name] is not None:
                 data[name] = dict(zip(keys, data[name], strict=True))

@@ -247,7 +247,9 @@ class Predictor:
         views = _flip_views(pixels) if tta else pixels[None]  # (V, B, S, S, 3)
         n_views, batch = views.shape[:2]
         started = time.perf_counter()
-        features, raw = self.forward(views.reshape(n_views * batch, *pixels.shape[1:]))
+        features, raw, maps = self.runtime.forward(
+            views.reshape(n_views * batch, *pixels.shape[1:])
+        )
         forward_ms = (time.perf_counter() - started) * 1e3
         raw = raw.reshape(n_views, batch, NUM_CLASSES).astype(np.float64)
         mean_raw = raw.mean(axis=0)  # (B, 10)
@@ -273,6 +275,7 @@ class Predictor:
                     uncertainty=None if spread is None else tuple(float(s) for s in spread[i]),
                     image_sha256=item.sha256,
                     timings_ms={k: round(v, 3) for k, v in timings.items()},
+                    class_maps=np.array(maps[i], np.float32),  # (h, w, 10), the original view
                 )
             )
         return predictions
@@ -306,22 +309,36 @@ class Predictor:
             out.extend(self.predict_prepared(prepared[start : start + batch_size], tta=tta))
         return out
 
-    def explain(self, image, prediction: Prediction | None = None, classes=None):
-        """Class activation maps: {condition index: (S, S) float32 in [0, 1]}.
+    def explain(self, image, classes=None) -> dict[int, np.ndarray]:
+        """Class activation maps of an image: {condition index: (S, S) float32 in [0, 1]}.
 
-        One forward pass gives the prediction (when not given) and every map. Default
-        ``classes``: the top condition and every condition above its threshold.
+        One forward pass. Default ``classes``: the top condition and every condition above
+        its threshold. To explain a Prediction already made, :meth:`explain_prediction`
+        needs no forward pass at all.
+        """
+        return self.explain_prediction(self.predict_prepared([self.prepare(image)])[0], classes)
+
+    def explain_prediction(self, prediction: Prediction, classes=None) -> dict[int, np.ndarray]:
+        """Class activation maps drawn from the class maps a Prediction of this Predictor
+        carries: {condition index: (S, S) float32 in [0, 1]}, no forward pass.
+
+        Default ``classes``: the prediction's top condition and every positive one.
+
+        Raises:
+            ValueError: the prediction carries no class maps (it was not made by a Predictor).
         """
         from scalpnet.serve.explain import cam
 
-        prepared = self.prepare(image)
-        _, _, maps = self.runtime.forward(prepared.pixels[None])  # (1, h, w, 10)
+        if prediction.class_maps is None:
+            raise ValueError(
+                "this Prediction carries no class maps; explain the image instead "
+                "(Predictor.explain)"
+            )
         if classes is None:
-            if prediction is None:
-                prediction = self.predict_prepared([prepared])[0]
             classes = [prediction.top, *(i for i in prediction.positives if i != prediction.top)]
         classes = list(classes)
-        return dict(zip(classes, cam(maps[0], classes, self.image_size), strict=True))
+        heats = cam(prediction.class_maps, classes, self.image_size)
+        return dict(zip(classes, heats, strict=True))
 
     def describe(self) -> dict:
         """What is loaded, for the CLI header, logs and the app's sidebar."""

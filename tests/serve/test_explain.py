@@ -49,11 +49,52 @@ def test_gradcam_equals_cam_for_a_pooled_linear_head(predictor):
 def test_predictor_explains_the_top_condition_and_each_positive(predictor):
     rgb = photo(2)
     prediction = predictor.predict(rgb)
-    heats = predictor.explain(rgb, prediction)
+    heats = predictor.explain(rgb)
     assert next(iter(heats)) == prediction.top
     assert set(heats) == {prediction.top, *prediction.positives}
     chosen = predictor.explain(rgb, classes=[5])
     assert list(chosen) == [5] and chosen[5].shape == (SIZE, SIZE)
+
+
+class CountingRuntime:
+    """A runtime that counts its forward passes."""
+
+    def __init__(self, runtime):
+        self.runtime, self.calls = runtime, 0
+        self.image_size, self.name = runtime.image_size, runtime.name
+
+    def forward(self, pixels):
+        self.calls += 1
+        return self.runtime.forward(pixels)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_prediction_is_explained_from_its_own_forward_pass(predictor, tta):
+    """explain_prediction draws the CAM from the class maps the prediction carries: no
+    second forward pass, and the same maps as explaining the image afresh (with test-time
+    augmentation, those of the un-augmented view)."""
+    counting = CountingRuntime(predictor.runtime)
+    plain = Predictor(counting)
+    prediction = plain.predict(photo(7), tta=tta)
+    assert counting.calls == 1
+    assert prediction.class_maps.shape[-1] == 10 and prediction.class_maps.dtype == np.float32
+    classes = [prediction.top, 3, 8]
+    heats = plain.explain_prediction(prediction, classes)
+    assert counting.calls == 1
+    fresh = plain.explain(photo(7), classes=classes)
+    assert counting.calls == 2
+    assert list(heats) == classes
+    for c in classes:  # a batch of four views rounds otherwise than a batch of one
+        np.testing.assert_allclose(heats[c], fresh[c], atol=1e-4)
+    assert set(plain.explain_prediction(prediction)) == {prediction.top, *prediction.positives}
+
+
+def test_a_prediction_without_class_maps_is_a_clear_error(predictor):
+    from dataclasses import replace
+
+    bare = replace(predictor.predict(photo(2)), class_maps=None)
+    with pytest.raises(ValueError, match="carries no class maps"):
+        predictor.explain_prediction(bare)
 
 
 def test_overlay_resizes_the_heat_onto_the_photo():

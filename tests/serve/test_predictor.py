@@ -61,6 +61,8 @@ def test_prediction_schema(predictor):
     assert list(p.positives) == expected
     data = json.loads(json.dumps(p.to_dict()))
     assert list(data["probabilities"]) == list(KEYS)
+    assert "class_maps" not in data and p.class_maps is not None  # kept for the CAM only
+    assert "class_maps" not in repr(p)
     assert predictor.describe()["name"] == "test-run"
 
 

@@ -155,7 +155,7 @@ from scalpnet.serve.explain import overlay
 predictor = Predictor.load(sys.argv[1])
 data = open(sys.argv[2], "rb").read()
 prediction = predictor.predict(data, tta=True)
-heats = predictor.explain(data, prediction)
+heats = predictor.explain_prediction(prediction)
 overlay(predictor.prepare(data).pixels, next(iter(heats.values())))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx"))
 print(predictor.runtime.name, heavy)
