@@ -11,6 +11,8 @@ keras, onnx, int8), and drives Debian's Chromium (``/usr/bin/chromium``) with pl
   with the model loaded (the model loads on the first visit, inside st.cache_resource);
 - upload to bars: file input set -> the probability chart is drawn, one new browser
   session and a new photo each time, with the model warm;
+- CAM toggle: after each upload, the overlay switched on -> drawn (the median of all but
+  the first, as for uploads);
 - peak RSS of the app process and its children (sampled with psutil every 50 ms, and
   the kernel's high-water mark VmHWM of the main process).
 
@@ -235,12 +237,12 @@ def bench_app(script: Path, run: Path, photos: list[Path], log: Path, runtime="a
             first_render_s = time.perf_counter() - spawned
             idle_mb = sampler.last / 2**20
             page.close()
-            uploads, gradcam_s = [], None
+            uploads, gradcam_s = [], []
             for photo in photos:
                 page = open_app(browser, url)
                 uploads.append(upload_to_bars(page, photo))
-                if photo == photos[-1]:
-                    gradcam_s = gradcam_drawn(page) if script.name == APP.name else None
+                if script.name == APP.name:  # the minimal app has no CAM
+                    gradcam_s.append(gradcam_drawn(page))
                 page.close()
             hwm = vm_hwm_mb(process.pid)
             final_mb = sampler.last / 2**20
@@ -316,8 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         ("cold start -> first page drawn (s)", lambda r: r["first_render_s"], 1.5),
         ("cold start -> health endpoint (s)", lambda r: r["healthy_s"], None),
         ("upload -> bars drawn, median (ms)", lambda r: med(r["upload_s"]) * 1e3, 1.15),
-        ("CAM toggle -> overlay drawn (ms)",
-         lambda r: r["gradcam_s"] * 1e3 if r["gradcam_s"] is not None else None, None),
+        ("CAM toggle -> overlay drawn, median (ms)",
+         lambda r: med(r["gradcam_s"]) * 1e3 if r["gradcam_s"] else None, None),
         ("peak RSS, process + children (MiB)", lambda r: r["peak_mb"], None),
         ("VmHWM, main process (MiB)", lambda r: r["vm_hwm_mb"], None),
     ]  # fmt: skip
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         checks = [
             ("cold start", app["first_render_s"] / minimal["first_render_s"], 1.5, "x"),
             ("upload to bars", med(app["upload_s"]) / med(minimal["upload_s"]), 1.15, "x"),
-            ("CAM toggle (ms)", app["gradcam_s"] * 1e3, 300, ""),
+            ("CAM toggle (ms)", med(app["gradcam_s"]) * 1e3, 300, ""),
             ("peak RSS (MiB)", app["peak_mb"], limit_mb, ""),
         ]
         verdicts = [f"{what} {value:.2f}{unit} <= {limit}: {'met' if value <= limit else 'NOT met'}"
@@ -360,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: " + "; ".join(verdicts))
     for name in names:
         print(f"{name} uploads (s): {', '.join(f'{v:.2f}' for v in apps[name]['upload_s'])}")
+        print(f"{name} CAM toggles (s): {', '.join(f'{v:.2f}' for v in apps[name]['gradcam_s'])}")
     print(f"minimal uploads (s): {', '.join(f'{v:.2f}' for v in minimal['upload_s'])}")
 
 
