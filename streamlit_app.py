@@ -17,6 +17,7 @@ import streamlit as st
 
 from scalpnet.app import demo_build
 from scalpnet.app import state as app_state
+from scalpnet.app.pictures import display_jpeg
 from scalpnet.app.text import LANGUAGE_NAMES, image_problem, text
 from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import InvalidImageError, ScalpNetError
@@ -254,7 +255,7 @@ def show_gradcam(predictor, prediction, photo, language: str, t) -> None:
     if key not in heats:
         remember("gradcam", key, predictor.explain_prediction(prediction, [index])[index])
     st.image(
-        overlay(photo, heats[key]),
+        display_jpeg(overlay(photo, heats[key])),
         caption=t["gradcam_caption"].format(name=CONDITIONS[index].name(language)),
         width="stretch",
     )
@@ -430,7 +431,7 @@ def main() -> None:
 
     left, right = st.columns([2, 3], gap="large")
     with left:
-        st.image(photo, caption=t["photo_caption"], width="stretch")
+        st.image(display_jpeg(photo), caption=t["photo_caption"], width="stretch")
         show_gradcam(predictor, prediction, photo, language, t)
     with right:
         show_result(predictor, prediction, language, t)
