@@ -78,7 +78,7 @@ def test_a_prediction_is_explained_from_its_own_forward_pass(predictor, tta):
     prediction = plain.predict(photo(7), tta=tta)
     assert counting.calls == 1
     assert prediction.class_maps.shape[-1] == 10 and prediction.class_maps.dtype == np.float32
-    classes = [prediction.top, 3, 8]
+    classes = [prediction.top, *[c for c in (3, 8, 1) if c != prediction.top][:2]]
     heats = plain.explain_prediction(prediction, classes)
     assert counting.calls == 1
     fresh = plain.explain(photo(7), classes=classes)
