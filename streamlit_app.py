@@ -24,6 +24,7 @@ from scalpnet.errors import InvalidImageError, ScalpNetError
 from scalpnet.labels import CONDITIONS, LANGUAGES
 from scalpnet.progress import format_seconds
 from scalpnet.quiet import quiet_tensorflow
+from scalpnet.serve.heap import map_large_blocks
 
 APP_DIR = Path(__file__).resolve().parent
 DISPLAY_SIDE = 720  # JPEGs are decoded at reduced scale down to this side for display
@@ -373,6 +374,7 @@ def show_chat(prediction, explanation, settings, language: str, t) -> None:
 def main() -> None:
     quiet_tensorflow()  # no TensorFlow start-up notices unless TF_CPP_MIN_LOG_LEVEL is set
     use_onednn()  # before TensorFlow is imported: twice the training speed on AVX2 CPUs
+    map_large_blocks()  # freed photo-sized arrays go back to the system, not to a heap
     st.set_page_config(page_title="ScalpNet", page_icon="🔬", layout="wide")
     keep_tensorflow_warm_between_reruns()
     language = choose_language()
