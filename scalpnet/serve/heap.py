@@ -44,8 +44,10 @@ def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     come from the heap, stay resident when freed, and are spread over one heap per
     Streamlit session thread. Setting the threshold turns that adjustment off.
     ``python benchmarks/bench_app.py --image-size 256`` (9 sessions, each a photo and its
-    CAM; 2026-12-04, one run each): peak RSS 446 -> 357 MiB on fp32 ONNX, 333 -> 280 MiB
-    on int8, upload and CAM times within the run-to-run spread.
+    CAM; 2026-12-04, one run before, two after): peak RSS 446 -> 355-356 MiB on fp32 ONNX,
+    333 -> 278-287 MiB on int8, upload and CAM times within the run-to-run spread. The
+    price, a fresh mapping per large block: a Keras training step in a process that set it
+    took 5-7% longer in a one-off probe (batch 8 at 256 px), forward passes no longer.
 
     Returns:
         Whether the setting took (False where the C library is not glibc).
