@@ -182,7 +182,7 @@ def test_out_of_distribution_warning_in_text_and_json(corpus, tmp_path, capsys):
     predictor = Predictor.load(run)
     pixels = np.stack([predictor.prepare(photo(seed)).pixels for seed in range(8)])
     labels = np.eye(len(KEYS))[np.arange(8) % 2]
-    fitted = ood.fit(predictor.forward(pixels)[0], labels)
+    fitted = ood.fit(predictor.runtime.forward(pixels)[0], labels)
     image = str(corpus["good"]["plain"])
     fitted.with_threshold(-1.0).save(run / "ood.npz")  # everything is out of distribution
     assert cli.main(["predict", image, "--run", str(run)]) == 0

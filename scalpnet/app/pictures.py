@@ -4,8 +4,7 @@ Given an array, ``st.image`` sends a JPEG of quality 100. A 1024x768 photo (the 
 synthetic one of ``benchmarks/bench_inference.py``) is then 832 KiB and takes 14 ms to
 encode on the AVX2-only EPYC VM; at quality 90 it is 271 KiB and takes 7.5 ms (PIL, one
 run of ten each, 2026-12-04). The page shows two such pictures per photo (the photo and
-its CAM overlay), and on a phone's connection their bytes are most of the wait. Bytes
-that are already a JPEG narrower than the page pass through ``st.image`` unchanged.
+its CAM overlay), and on a phone's connection their bytes are most of the wait.
 """
 
 from __future__ import annotations

@@ -234,11 +234,6 @@ class Predictor:
             return probs
         return self.calibration.apply(probs)
 
-    def forward(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, S, S, 3) uint8 -> ((B, 2048) features, (B, 10) raw probabilities), float32."""
-        features, probs, _ = self.runtime.forward(pixels)
-        return features, probs
-
     def predict_prepared(self, items: Sequence[Prepared], tta: bool = False) -> list[Prediction]:
         """Predictions for images already made ready by :meth:`prepare`, in one batch."""
         if not items:

@@ -54,7 +54,7 @@ def _write_trivial_ood(run: Path, photos, keras: Predictor) -> float:
     the middle scores of ``photos``, so some photos are flagged and some are not."""
     from scalpnet.judge.ood import OODModel
 
-    features, _ = keras.forward(np.stack([keras.prepare(p).pixels for p in photos]))
+    features, _, _ = keras.runtime.forward(np.stack([keras.prepare(p).pixels for p in photos]))
     model = OODModel(
         means=np.zeros((1, 2048), np.float32),
         whitener=np.eye(2048, dtype=np.float32),

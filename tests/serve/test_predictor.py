@@ -277,7 +277,7 @@ def test_ood_model_in_the_run_folder_scores_every_prediction(predictor, run_dir,
     from scalpnet.judge import ood
 
     pixels = np.stack([predictor.prepare(photo(seed)).pixels for seed in range(20, 32)])
-    features = predictor.forward(pixels)[0]
+    features = predictor.runtime.forward(pixels)[0]
     labels = np.eye(NUM_CLASSES)[np.arange(len(features)) % 3]
     fitted = ood.fit(features, labels)
     scores = fitted.score(features)
