@@ -17,7 +17,12 @@ instead of 10 the audit finds more copies in less time. ``python benchmarks/benc
 recall pooled over three plantings at the default threshold 0.925 -> 0.935 (precision
 1.000, no false group), synthetic 0.986 -> 0.988, 12,000 images 82.0 -> 75.4 s, peak RSS
 2.76 -> 2.25 GB. With 20 partners, 128 keypoints gave 0.923, 190 gave 0.937, 220 gave 0.940
-but joined two shots of one scalp.
+but joined two shots of one scalp. Asked again with the finished pipeline (one-off probe,
+2026-12-05, 18 plantings of ``--mode real``, at 0.67): 128 keypoints would take a fifth off
+the descriptors and a third off the products of verification, and on seeds 0-11 joined no
+two photos (planted-pair recall 0.970 against 0.973) but on the held-out seeds 12-17 two
+(0.964 against 0.973, where 160 joins one); 144 joined two shots of one scalp (Alopecia
+Areata/1336 and 1337) that 160 never joins. So 160 stays.
 
 SIFT is invariant to rotation by any angle, to scale and to brightness, but not to a
 mirror: a flipped copy has other descriptors. Detecting again on the mirrored view would
