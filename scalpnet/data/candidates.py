@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import cv2
 import numpy as np
@@ -177,6 +178,12 @@ def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-block, k - 1, axis=1)[:, :k]
 
 
+def _spans(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut into at most ``parts`` consecutive non-empty (start, stop) spans."""
+    edges = np.linspace(lo, hi, parts + 1).astype(int).tolist()
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
 def _symmetric_top(
     scores: Callable[[tuple[int, int], tuple[int, int]], np.ndarray],
     n: int,
@@ -189,7 +196,9 @@ def _symmetric_top(
 
     Only the blocks on and above the diagonal are computed (``block`` x n floats at a
     time, the columns split between ``workers`` threads); each block updates both its
-    rows' and its columns' running top-k.
+    rows' and its columns' running top-k, those too in the threads, a slice of rows or
+    columns each (the selection is per row, so the slices give the same pairs; done in the
+    calling thread it took most of the coarse stage, the threads idle).
 
     Args:
         scores: ((row start, stop), (column start, stop)) -> the (rows, columns) block
@@ -200,6 +209,23 @@ def _symmetric_top(
         return np.zeros((0, 2), np.int64)
     top_s = np.full((n, k), -np.inf, np.float32)
     top_i = np.full((n, k), -1, np.int64)
+
+    def update(first: int, best: np.ndarray, offset: int) -> None:
+        """Merge (R, M) scores of items first.. against items offset.. into their top-k."""
+        cols = _top_rows(best, k)
+        rows = slice(first, first + len(best))
+        top_s[rows], top_i[rows] = _merge_top(
+            top_s[rows], top_i[rows], np.take_along_axis(best, cols, 1), cols + offset
+        )
+
+    def own_rows(start: int, best: np.ndarray, a: int, b: int) -> None:
+        """Rows a..b of the block starting at ``start``, against every later item."""
+        update(start + a, best[a:b], start)
+
+    def later_items(start: int, best: np.ndarray, a: int, b: int) -> None:
+        """Items a..b after the block: the same scores, seen from them."""
+        update(a, np.ascontiguousarray(best[:, a - start : b - start].T), start)
+
     with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, block):
             stop = min(n, start + block)
@@ -208,20 +234,9 @@ def _symmetric_top(
             best = np.concatenate(list(parts), axis=1)  # (B, N - start)
             rows = np.arange(stop - start)
             best[rows, rows] = -np.inf  # not itself
-            cols = _top_rows(best, k)
-            top_s[start:stop], top_i[start:stop] = _merge_top(
-                top_s[start:stop],
-                top_i[start:stop],
-                np.take_along_axis(best, cols, 1),
-                cols + start,
-            )
-            if stop < n:  # the same scores, seen from the later items
-                below = np.ascontiguousarray(best[:, stop - start :].T)  # (N - stop, B)
-                rows_of = _top_rows(below, k)
-                found = np.take_along_axis(below, rows_of, 1)
-                top_s[stop:], top_i[stop:] = _merge_top(
-                    top_s[stop:], top_i[stop:], found, rows_of + start
-                )
+            jobs = [partial(own_rows, start, best, *span) for span in _spans(0, len(best), workers)]
+            jobs += [partial(later_items, start, best, *span) for span in _spans(stop, n, workers)]
+            list(pool.map(lambda job: job(), jobs))
     pairs = np.stack([np.repeat(np.arange(n), k), top_i.ravel()], axis=1)
     pairs = pairs[(pairs[:, 1] >= 0) & np.isfinite(top_s.ravel())]
     return np.unique(np.sort(pairs, axis=1), axis=0)

@@ -260,7 +260,7 @@ def find_groups(
     clock.lap("keypoints")
     coarse = coarse_pairs(Features.build(scanned.fingerprints), neighbours, workers)
     clock.lap("coarse candidates")
-    words = word_pairs(*word_vectors(keypoints), word_neighbours, workers)
+    words = word_pairs(*word_vectors(keypoints, workers=workers), word_neighbours, workers)
     clock.lap("visual-word candidates")
     pairs = np.unique(np.concatenate([coarse, words]), axis=0)
     keypoints = project(keypoints)  # the raw descriptors are freed here

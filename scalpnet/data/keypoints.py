@@ -195,13 +195,16 @@ def extract(views: np.ndarray, workers: int | None = None) -> Keypoints:
     return Keypoints([p for p, _ in out], [d for _, d in out], int(views.shape[-1]))
 
 
-def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+def word_vectors(
+    kp: Keypoints, seed: int = 0, workers: int | None = None
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """(N, WORDS) sparse float32 visual-word vectors of each view as seen, and of its mirror,
     from raw SIFT keypoints (``extract``, not ``project``).
 
     Both unit norm (rows without keypoints are empty); a dot product is a cosine similarity.
     The vocabulary is closed under mirroring, so the mirrored vectors are the seen ones with
-    their columns swapped: one assignment pass instead of two.
+    their columns swapped: one assignment pass instead of two. ``workers`` threads assign
+    ``ASSIGN_IMAGES`` images' descriptors each at a time (None: one per core).
     """
     n = len(kp.descriptors)
     counts = np.array([len(d) for d in kp.descriptors], np.int64)
@@ -213,11 +216,17 @@ def word_vectors(kp: Keypoints, seed: int = 0) -> tuple[sparse.csr_matrix, spars
     rng = np.random.default_rng(seed)
     vocabulary = Vocabulary.fit(_sample(kp, starts, rng), rng)
     nearest = np.empty((total, 2), np.int64)  # the second word counts half
-    for first in range(0, n, ASSIGN_IMAGES):  # no copy of the whole set's descriptors
+
+    def assign(first: int) -> None:  # no copy of the whole set's descriptors
         last = min(n, first + ASSIGN_IMAGES)
         if starts[last] > starts[first]:
             chunk = np.concatenate(kp.descriptors[first:last])  # (M, 128) uint8
             nearest[starts[first] : starts[last]] = vocabulary.assign(chunk)
+
+    # Threads, not BLAS's own: most of an assignment is argmax passes and one small product
+    # per coarse word, which run on the calling thread.
+    with one_thread_per_worker(), ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        list(pool.map(assign, range(0, n, ASSIGN_IMAGES)))
     owner = np.repeat(np.arange(n), counts)
     weights = np.repeat(np.float32([1.0, 0.5]), total)
     seen = sparse.csr_matrix(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from scipy import sparse
 
 from scalpnet.data import candidates, copies, keypoints
@@ -60,8 +61,10 @@ def test_real_photos_turned_by_any_angle_and_cropped_are_coarse_candidates(real_
     assert found >= 44, f"{found} of {len(turned)}"
 
 
-def test_the_symmetric_search_keeps_each_rows_best_partners():
-    """Only blocks above the diagonal are scored; every row still gets its own best k."""
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_symmetric_search_keeps_each_rows_best_partners(workers):
+    """Only blocks above the diagonal are scored; every row still gets its own best k,
+    whichever slices of rows and columns the threads select them from."""
     rng = np.random.default_rng(0)
     n, width, k = 300, 64, 5
     swap = np.concatenate([np.arange(width // 2, width), np.arange(width // 2)])  # a mirror
@@ -69,7 +72,7 @@ def test_the_symmetric_search_keeps_each_rows_best_partners():
     seen /= np.linalg.norm(seen, axis=1, keepdims=True)
     mirrored = seen[:, swap]
     found = candidates.word_pairs(
-        sparse.csr_matrix(seen), sparse.csr_matrix(mirrored), k, workers=2, block=64
+        sparse.csr_matrix(seen), sparse.csr_matrix(mirrored), k, workers=workers, block=64
     )
     found = {tuple(p) for p in found.tolist()}
     scores = np.maximum(seen @ seen.T, seen @ mirrored.T)

@@ -61,6 +61,15 @@ def test_word_vectors_are_unit_and_see_a_copy_as_its_photo():
     assert int(np.argmax(to_mirror)) == 6  # is the photo itself
 
 
+def test_word_vectors_do_not_depend_on_how_many_threads_assign_them(monkeypatch):
+    kp = keypoints.extract(np.stack([textured(s) for s in range(7)]), workers=1)
+    monkeypatch.setattr(keypoints, "ASSIGN_IMAGES", 2)  # four chunks for the threads
+    one = keypoints.word_vectors(kp, workers=1)
+    three = keypoints.word_vectors(kp, workers=3)
+    for a, b in zip(one, three, strict=True):
+        assert (a != b).nnz == 0 and a.nnz > 0
+
+
 def test_a_turned_and_zoomed_copy_finds_its_real_photo_among_its_best_word_partners(
     real_photo_paths,
 ):
