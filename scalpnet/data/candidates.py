@@ -229,8 +229,8 @@ def _symmetric_top(
     with one_thread_per_worker(), ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, n, block):
             stop = min(n, start + block)
-            edges = np.linspace(start, n, workers + 1).astype(int).tolist()
-            parts = pool.map(scores, [(start, stop)] * workers, itertools.pairwise(edges))
+            columns = _spans(start, n, workers)
+            parts = pool.map(scores, [(start, stop)] * len(columns), columns)
             best = np.concatenate(list(parts), axis=1)  # (B, N - start)
             rows = np.arange(stop - start)
             best[rows, rows] = -np.inf  # not itself
