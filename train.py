@@ -20,6 +20,7 @@ from pathlib import Path
 
 from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import ScalpNetError
+from scalpnet.files import os_error_line
 from scalpnet.quiet import quiet_tensorflow
 
 RUNS = Path("runs")
@@ -447,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             after_training(result.run_dir, args)
     except ScalpNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or an unwritable path no stage said more about
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

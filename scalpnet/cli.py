@@ -14,6 +14,7 @@ from pathlib import Path
 from scalpnet import __version__
 from scalpnet.cpu_kernels import use_onednn
 from scalpnet.errors import ConfigError, ModelNotFoundError, ScalpNetError
+from scalpnet.files import os_error_line
 from scalpnet.quiet import quiet_tensorflow
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -330,8 +331,9 @@ def _add_audit(verbs) -> Handler:
             sheet_groups=args.sheet_groups,
         )
         result = audit.audit(config)
+        # The summary first: were the disk full, what the audit found is still shown.
+        print(audit.summary(result, Path(config.out) / "audit.json"), flush=True)
         written = audit.write_audit(result, config.out, config.sheet_groups)
-        print(audit.summary(result, written["audit_json"]))
         print(f"Wrote {', '.join(str(path) for path in written.values())}")
         return 0
 
@@ -375,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.verb](args) or 0
     except ScalpNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or an unwritable path no verb said more about
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -31,6 +31,7 @@ from scalpnet.errors import DatasetError, DiskFullError
 # Matches the temporary files this module makes (for cleaning up after a killed writer);
 # group 1 is the writer's process id.
 TEMP_PATTERN = re.compile(r".+\.(\d+)-\d+\.tmp(\.[^.]+)*")
+_TEMP_TAIL = re.compile(r"\.\d+-\d+\.tmp(\.[^./]+)*$")
 FAULT_ENV = "SCALPNET_FAULT"
 _fault_counts: dict[str, int] = {}
 
@@ -184,33 +185,57 @@ def disk_full(exc: BaseException) -> bool:
     )
 
 
-def disk_full_error(folder: Path, needed_bytes: int, kept: str) -> DiskFullError:
+RESUME = "run the same command again to resume"
+
+
+def disk_full_error(
+    folder: Path | None, needed_bytes: int | None, kept: str, then: str = RESUME
+) -> DiskFullError:
     """The one-line error for a save that found the disk full.
 
     Args:
-        folder: where the save went.
-        needed_bytes: about how much the file takes.
+        folder: where the save went (None: not known).
+        needed_bytes: about how much the file takes (None: not known).
         kept: what is still usable, e.g. "the backup after epoch 3 is kept".
+        then: what to do once space is free.
     """
+    if folder is None:
+        return DiskFullError(f"the disk is full; {kept}. Free some space and {then}")
     try:
         free = f"{_mb(shutil.disk_usage(folder).free)} free"
     except OSError:
         free = "free space unknown"
+    needs = f"needs about {_mb(needed_bytes)}" if needed_bytes else "failed"
     return DiskFullError(
-        f"the disk is full: saving in '{folder}' needs about {_mb(needed_bytes)} ({free}); "
-        f"{kept}. Free some space and run the same command again to resume"
+        f"the disk is full: saving in '{folder}' {needs} ({free}); {kept}. "
+        f"Free some space and {then}"
     )
 
 
 @contextlib.contextmanager
-def disk_full_as_error(folder: Path, needed_bytes: int, kept: str) -> Iterator[None]:
+def disk_full_as_error(
+    folder: Path, needed_bytes: int | None, kept: str, then: str = RESUME
+) -> Iterator[None]:
     """Turn a full disk inside the block into :func:`disk_full_error`'s one-line error."""
     try:
         yield
     except OSError as exc:
         if not disk_full(exc):
             raise
-        raise disk_full_error(folder, needed_bytes, kept) from None
+        raise disk_full_error(folder, needed_bytes, kept, then) from None
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError that reached a command's top level (no saver said more):
+    a full disk, or a file that cannot be written or read (the path, and why)."""
+    if disk_full(exc):
+        folder = Path(exc.filename).parent if exc.filename else None
+        kept = "the files written before it are whole"
+        return str(disk_full_error(folder, None, kept, "run the same command again"))
+    if exc.filename:  # an atomic writer's temporary is named for the file it becomes
+        where = _TEMP_TAIL.sub("", os.fspath(exc.filename))
+        return f"cannot use '{where}': {exc.strerror or exc}"
+    return str(exc.strerror or exc)
 
 
 def _mb(n: int) -> str:

@@ -17,7 +17,7 @@ import pytest
 from inference_helpers import THRESHOLDS, add_onnx, jpeg_bytes, make_run, photo
 from PIL import Image
 
-from scalpnet import cli
+from scalpnet import cli, files
 from scalpnet.errors import InvalidImageError
 from scalpnet.labels import CONDITIONS, KEYS
 from scalpnet.serve.predictor import Predictor
@@ -147,6 +147,28 @@ def test_text_output_names_conditions_and_exit_code_zero(corpus, run_dir, capsys
     assert "top:" in out and "above threshold:" in out and "Grad-CAM:" in out
     assert cam.is_file()
     assert Image.open(cam).size == Image.open(corpus["good"]["plain"]).size
+
+
+def test_a_full_disk_or_an_unusable_cam_path_is_one_line_and_exit_2(
+    corpus, run_dir, tmp_path, capsys, monkeypatch
+):
+    def predict_with_cam(cam: Path) -> tuple[int, str]:
+        argv = ["predict", str(corpus["good"]["plain"]), "--run", str(run_dir), "--gradcam"]
+        code = cli.main([*argv, str(cam)])
+        err = capsys.readouterr().err
+        assert _error_lines(err) == [err.strip()] and "Traceback" not in err
+        return code, err
+
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:cam:1")  # the first overlay meets a full disk
+    monkeypatch.setattr(files, "_fault_counts", {})
+    code, err = predict_with_cam(tmp_path / "cam.png")
+    assert code == 2 and "the disk is full" in err and f"'{tmp_path}'" in err and "free" in err
+    assert list(tmp_path.iterdir()) == []  # no half-written overlay, no temporary
+    monkeypatch.delenv(files.FAULT_ENV)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, err = predict_with_cam(blocker / "cam.png")
+    assert code == 2 and str(blocker) in err
 
 
 def test_model_problems_are_one_line_and_exit_2(corpus, tmp_path, capsys):

@@ -54,6 +54,26 @@ def test_disk_full_recognises_h5py_errors_and_the_message_is_one_line(tmp_path):
     assert "\n" not in text and f"'{tmp_path}'" in text and "283 MB" in text and "free" in text
 
 
+def test_the_message_says_what_it_knows_and_what_to_do(tmp_path):
+    text = str(files.disk_full_error(tmp_path, None, "nothing is lost", "run it again"))
+    assert text.startswith(f"the disk is full: saving in '{tmp_path}' failed (")
+    assert text.endswith("; nothing is lost. Free some space and run it again")
+    assert str(files.disk_full_error(None, None, "x", "y")) == (
+        "the disk is full; x. Free some space and y"
+    )
+
+
+def test_an_os_error_at_the_top_is_one_line_naming_the_file_not_its_temporary(tmp_path):
+    target = tmp_path / "cam.png"
+    temporary = files.temp_path(target, keep_suffix=True)
+    full = OSError(errno.ENOSPC, "No space left on device", str(temporary))
+    line = files.os_error_line(full)
+    assert line.startswith(f"the disk is full: saving in '{tmp_path}'") and "\n" not in line
+    missing = OSError(errno.ENOENT, "No such file or directory", str(temporary))
+    assert files.os_error_line(missing) == f"cannot use '{target}': No such file or directory"
+    assert files.os_error_line(OSError(errno.EIO, "Input/output error")) == "Input/output error"
+
+
 def test_only_temps_of_ended_writers_are_leftovers(tmp_path):
     """A temp of a live writer (another prepare of the same folder, a second worker) is a
     write in flight, not a leftover: deleting it made that writer's rename fail."""

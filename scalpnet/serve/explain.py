@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from scalpnet.files import disk_full_as_error, write_bytes_atomic
+
 
 def cam(maps: np.ndarray, classes, size: int) -> np.ndarray:
     """(h, w, 10) class maps of one image -> (len(classes), size, size) float32 heat in [0, 1].
@@ -133,10 +135,17 @@ def overlay(photo_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.n
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 RGB array as a PNG."""
-    from PIL import Image
+    """Write an (H, W, 3) uint8 RGB array as a PNG, whole or not at all.
 
+    Raises:
+        DiskFullError: the disk is full (the overlays written before stay whole).
+        OSError: the folder cannot be made or written to.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path, format="PNG")
-    return path
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} {rgb.dtype} array as PNG")
+    kept = "the overlays written before this one are whole"
+    with disk_full_as_error(path.parent, len(png), kept, "run the same command again"):
+        return write_bytes_atomic(path, png.tobytes())
