@@ -147,12 +147,21 @@ def no_model_page(settings: app_state.Settings, t) -> None:
     if demo_build.may_build(os.environ, APP_DIR):
         build = demo_build.DemoBuild(APP_DIR, settings.runs_dir)
         st.markdown(t["build_demo_intro"])
-        if st.button(t["build_demo_button"], type="primary"):
-            build.start()
+        if st.button(t["build_demo_button"], type="primary") and start_build(build):
             st.rerun()
     else:
         st.info(t["build_demo_cloud"])
     st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
+
+
+def start_build(build: demo_build.DemoBuild) -> bool:
+    """Start the demo build; False (with the one-line reason shown) when it could not."""
+    try:
+        build.start()
+    except ScalpNetError as error:  # a full disk
+        st.error(str(error))
+        return False
+    return True
 
 
 @st.fragment(run_every=1.0)
@@ -191,8 +200,7 @@ def demo_build_page(build: demo_build.DemoBuild, settings: app_state.Settings, t
     else:
         st.error(t["build_demo_failed"])
         st.code(state.log_tail or "-")
-        if st.button(t["build_demo_retry"], type="primary"):
-            build.start()
+        if st.button(t["build_demo_retry"], type="primary") and start_build(build):
             st.rerun()
         st.markdown(t["no_model_body"].format(runs_dir=settings.runs_dir))
     return True

@@ -151,6 +151,23 @@ def test_no_model_page_offers_to_build_the_demo_here(env, tmp_path):
     assert EN["build_demo_intro"] in all_text(at)
 
 
+def test_a_full_disk_when_the_build_starts_is_one_message(env, tmp_path):
+    from scalpnet import files
+
+    env.delenv("SCALPNET_RUN")
+    env.delenv("SCALPNET_BUILD_DEMO", raising=False)
+    env.setenv("SCALPNET_RUNS_DIR", str(tmp_path / "runs"))
+    env.setenv(files.FAULT_ENV, "enospc:build.json:1")  # no room for the build's record
+    env.setattr(files, "_fault_counts", {})
+    at = new_app()
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [at.error[0].value]
+    assert at.error[0].value.startswith("the disk is full: saving in ")
+    assert "no build was started" in at.error[0].value
+    assert [b.label for b in at.button] == [EN["build_demo_button"]]  # it can be tried again
+
+
 def test_no_model_page_on_a_shared_server_builds_nothing(env, tmp_path):
     env.delenv("SCALPNET_RUN")
     env.setenv("SCALPNET_BUILD_DEMO", "0")

@@ -10,6 +10,7 @@ app at a model instead).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scalpnet.files import process_alive, write_json_atomic
+from scalpnet.files import disk_full_as_error, process_alive, write_json_atomic
 from scalpnet.progress import PROGRESS_FILE_ENV, read_status
 
 BUILD_DIR = ".demo-build"
@@ -110,9 +111,22 @@ class DemoBuild:
         self.info_file = self.folder / "build.json"
 
     def start(self) -> None:
-        """Start the child unless one is already running (this or an earlier app)."""
+        """Start the child unless one is already running (this or an earlier app).
+
+        Raises:
+            DiskFullError: no room for the build's record (then no child is left running).
+        """
         if self._running_pid() is not None:
             return
+        with disk_full_as_error(self.folder, None, "no build was started", "start it again"):
+            child, info = self._spawn()
+        _CHILDREN[self.folder] = child
+        # Reaps the child and records how it ended, whichever page or session asks later.
+        threading.Thread(target=self._wait, args=(child, info), daemon=True).start()
+
+    def _spawn(self) -> tuple[subprocess.Popen, dict]:
+        """(the child, running, its record as written), or neither: a record that cannot
+        be written ends the child, which nothing could follow."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.progress_file.unlink(missing_ok=True)
         env = {**os.environ, PROGRESS_FILE_ENV: str(self.progress_file)}
@@ -128,13 +142,18 @@ class DemoBuild:
                 start_new_session=True,  # a Ctrl-C of the app does not kill it half-way
             )
         info = {"pid": child.pid, "started": time.time(), "returncode": None}
-        self._write_info(info)
-        _CHILDREN[self.folder] = child
-        # Reaps the child and records how it ended, whichever page or session asks later.
-        threading.Thread(target=self._wait, args=(child, info), daemon=True).start()
+        try:
+            self._write_info(info)
+        except BaseException:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+        return child, info
 
     def _wait(self, child: subprocess.Popen, info: dict) -> None:
-        self._write_info({**info, "returncode": child.wait()})
+        code = child.wait()
+        with contextlib.suppress(OSError):  # a full disk: this app still knows (_CHILDREN)
+            self._write_info({**info, "returncode": code})
 
     def _write_info(self, info: dict) -> None:
         write_json_atomic(self.info_file, info)

@@ -31,7 +31,7 @@ from scalpnet.data.grouping import (
 from scalpnet.data.layouts import discover, skipped_lines
 from scalpnet.data.preprocess import load_image
 from scalpnet.errors import ConfigError
-from scalpnet.files import write_json_atomic, write_text_atomic
+from scalpnet.files import atomic_path, disk_full_as_error, write_json_atomic, write_text_atomic
 from scalpnet.labels import ENGLISH_NAMES, KEYS, NUM_CLASSES
 
 SPLIT_PAIRS = (("train", "test"), ("train", "val"), ("val", "test"))
@@ -260,24 +260,41 @@ def _contact_sheet(result: AuditResult, path: Path, limit: int, per_row: int = 8
             name = name if len(name) <= 24 else name[:10] + "…" + name[-12:]
             ax.set_title(f"{result.splits[i] or ''}\n{name}", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as staged:
+            fig.savefig(staged, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return True
 
 
 def write_audit(result: AuditResult, out: Path, sheet_groups: int = 6) -> dict[str, Path]:
-    """Write audit.json, groups.csv (images in groups of 2+) and contact_sheet.png into ``out``.
+    """Write contact_sheet.png, groups.csv (images in groups of 2+) and audit.json into ``out``.
 
     groups.csv: path, group, split, label, anchor (1 for the group's anchor image) and
     matches_anchor (1/0 when the member was verified against the anchor, empty if not).
-    """
+    Each file is written whole or not at all; audit.json, which names the others, last.
 
+    Raises:
+        ConfigError: ``out`` cannot be made.
+        DiskFullError: the disk filled up (no file is left half-written).
+    """
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the audit folder '{out}': {exc.strerror}") from None
-    written = {"groups_csv": out / "groups.csv"}
+    with disk_full_as_error(out, None, "no file in it is half-written", "run the audit again"):
+        return _write_files(result, out, sheet_groups)
+
+
+def _write_files(result: AuditResult, out: Path, sheet_groups: int) -> dict[str, Path]:
+    written = {}
+    sheet = out / "contact_sheet.png"  # the largest: a full disk stops the audit here first
+    if _contact_sheet(result, sheet, sheet_groups):
+        written["contact_sheet"] = sheet
+    else:
+        sheet.unlink(missing_ok=True)
     lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\n")
     writer.writerow(["path", "group", "split", "label", "anchor", "matches_anchor"])
@@ -291,16 +308,10 @@ def write_audit(result: AuditResult, out: Path, sheet_groups: int = 6) -> dict[s
                 result.splits[i] or "", _label_text(result.labels[i]), int(i == anchor),
                 "" if match is None else int(match),
             ])  # fmt: skip
-    write_text_atomic(written["groups_csv"], lines.getvalue())
-    sheet = out / "contact_sheet.png"
-    if _contact_sheet(result, sheet, sheet_groups):
-        written["contact_sheet"] = sheet
-    else:
-        sheet.unlink(missing_ok=True)
+    written["groups_csv"] = write_text_atomic(out / "groups.csv", lines.getvalue())
     report = dict(result.report)
     report["files"] = {k: v.name for k, v in written.items()}
-    written["audit_json"] = out / "audit.json"
-    write_json_atomic(written["audit_json"], report)
+    written["audit_json"] = write_json_atomic(out / "audit.json", report)
     return written
 
 

@@ -34,7 +34,14 @@ import numpy as np
 from scalpnet.data import preprocess
 from scalpnet.data.layouts import SPLITS, Item, discover, skipped_lines
 from scalpnet.errors import ConfigError, DatasetError, InvalidImageError
-from scalpnet.files import is_leftover_temp, make_folder, write_bytes_atomic
+from scalpnet.files import (
+    disk_full,
+    disk_full_as_error,
+    disk_full_error,
+    is_leftover_temp,
+    make_folder,
+    write_bytes_atomic,
+)
 from scalpnet.labels import CONDITIONS, ENGLISH_NAMES, KEYS, NUM_CLASSES
 
 SPLIT_SCHEMES = ("auto", "random", "grouped")
@@ -54,6 +61,7 @@ PNG_PARAMS = (
 PIPELINE_VERSION = f"preprocess_image v1, median {preprocess.MEDIAN_KERNEL}"
 
 _CHECKPOINT_SECONDS = 2.0
+_FINISH = "run the same command again to finish (what is done is not done again)"
 EXECUTORS = ("auto", "threads", "processes")
 
 
@@ -340,6 +348,7 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
     Raises:
         DatasetError: the input is missing, malformed, or has no readable image.
         ConfigError: a setting is out of range.
+        DiskFullError: the disk filled up; says what was kept (whole PNGs, never half).
     """
     start = time.perf_counter()
     _check_config(config)
@@ -383,8 +392,17 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
     kind = executor_kind(config.executor)
     try:
         _process_all(jobs, out, size, workers, kind, progress, on_done)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        kept = f"the {len(state)} of {len(found.items)} images prepared so far are kept"
+        raise disk_full_error(out, None, kept, _FINISH) from None
     finally:
-        _save_state(state_path, size, state)  # keep the finished work, even on Ctrl-C
+        try:
+            _save_state(state_path, size, state)  # keep the finished work, even on Ctrl-C
+        except OSError as exc:  # on a full disk: the images stay; the next run re-makes them
+            if not disk_full(exc):
+                raise
 
     skipped = list(found.skipped)
     kept_items, kept_names = [], []
@@ -403,7 +421,8 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
 
     splits, groups, scheme = _assign_splits(config, kept_items, kept_names, out)
     csv_path = out / CSV_NAME
-    _write_labels_csv(csv_path, kept_items, kept_names, splits, groups)
+    with disk_full_as_error(out, None, "every prepared image is kept", _FINISH):
+        _write_labels_csv(csv_path, kept_items, kept_names, splits, groups)
     counts, totals = _count(kept_items, splits)
     result = PrepareResult(
         csv_path=csv_path,
@@ -418,7 +437,8 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
         reused=len(kept_items) - (len(jobs) - len(failed)),
         elapsed=time.perf_counter() - start,
     )
-    _write_report(result, config, workers, kind)
+    with disk_full_as_error(out, None, f"{CSV_NAME} and every image are written", _FINISH):
+        _write_report(result, config, workers, kind)
     return result
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from scalpnet.data.prepare import split_counts
 from scalpnet.data.synthetic import make_image
-from scalpnet.files import make_folder, write_bytes_atomic
+from scalpnet.files import disk_full_as_error, make_folder, write_bytes_atomic
 from scalpnet.labels import CONDITIONS, KEYS, NUM_CLASSES
 from scalpnet.progress import Progress
 
@@ -26,6 +26,7 @@ SPLITS = ("train", "val", "test")
 # Image sides written by write_dataset (pixels), like the mixed sizes of real photos.
 SIDE_RANGE = (320, 800)
 JPEG_QUALITY = 90
+_AGAIN = "run the same command again (the same seed writes the same files)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ def write_dataset(
     about 30 ms an image at 560 px on one core here, 3 ms at 200 px, so data that is
     prepared at 64 px is best drawn at a few times that (the demo draws at 160-240).
     ``progress``: a bar with the time left (see :mod:`scalpnet.progress`).
+
+    Raises:
+        DiskFullError: the disk filled up (every file written is whole, never half).
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
@@ -102,13 +106,17 @@ def write_dataset(
                 jobs.append((path, index, seqs[number], sides))
                 number += 1
             counts[split][condition.key] = n
+    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     with (
-        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        disk_full_as_error(out, None, "the images written so far are whole", _AGAIN),
         Progress("synthetic images", len(jobs), unit="img", show=progress) as bar,
     ):
-        for future in [pool.submit(_write_one, *job) for job in jobs]:
-            future.result()
-            bar.update()
+        try:
+            for future in [pool.submit(_write_one, *job) for job in jobs]:
+                future.result()
+                bar.update()
+        finally:  # on an error or Ctrl-C, drop the queued images instead of drawing them
+            pool.shutdown(wait=True, cancel_futures=True)
     _remove_stale(out, {job[0] for job in jobs})
     return SynthResult(out, counts, len(jobs), time.perf_counter() - start)
 

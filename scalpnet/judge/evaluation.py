@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import DatasetError, ModelNotFoundError
-from scalpnet.files import write_json_atomic
+from scalpnet.files import disk_full_as_error, write_json_atomic
 from scalpnet.judge.calibration import Calibration
 from scalpnet.judge.metrics import (
     DEFAULT_THRESHOLD,
@@ -361,6 +361,7 @@ def evaluate(
     Raises:
         ModelNotFoundError: no model or usable model card in ``run_dir``.
         DatasetError: the card's labels.csv or its images are missing, or a split is empty.
+        DiskFullError: the disk filled up while writing (no file is left half-written).
     """
     run_dir = Path(run_dir)
     split, batch_size, progress = config.split, config.batch_size, config.progress
@@ -412,19 +413,42 @@ def evaluate(
         "versions": _versions(),
     }
 
+    kept = "the model and every file are whole (each written whole or not at all)"
+    with disk_full_as_error(run_dir, None, kept, "run the same command again"):
+        files = write_results(run_dir, metrics, thresholds, calibration, y, probs)
+    return EvaluationResult(run_dir=run_dir, split=split, metrics=metrics, files=files)
+
+
+def write_results(
+    run_dir: Path,
+    metrics: dict,
+    thresholds: np.ndarray,
+    calibration: Calibration,
+    y: np.ndarray,
+    probs: np.ndarray,
+) -> dict[str, Path]:
+    """thresholds.json, calibration.json, the plots, metrics.json (merged) and report.md.
+
+    Args:
+        thresholds: (10,) tuned on val; calibration: the temperatures fitted on val.
+        y: (N, 10) 0/1 labels of the split scored; probs: (N, 10) its raw probabilities.
+
+    Returns:
+        name -> path of every file written.
+    """
+    from scalpnet.judge import report as evaluation_report
+
     files = {
         "thresholds": save_thresholds(run_dir / THRESHOLDS_FILE, thresholds),
         "calibration": calibration.save(run_dir / "calibration.json"),
     }
-    from scalpnet.judge import report as evaluation_report
-
     files.update(
         evaluation_report.write_plots(run_dir, y, probs, calibration.apply(probs), metrics)
     )
     merge_json(run_dir / METRICS_FILE, metrics)
     files["metrics"] = run_dir / METRICS_FILE
     files["report"] = evaluation_report.write_report(run_dir / REPORT_FILE, metrics, files)
-    return EvaluationResult(run_dir=run_dir, split=split, metrics=metrics, files=files)
+    return files
 
 
 def _versions() -> dict:

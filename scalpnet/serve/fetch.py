@@ -19,11 +19,14 @@ import zipfile
 from pathlib import Path
 
 from scalpnet.errors import ModelNotFoundError
+from scalpnet.files import disk_full, disk_full_error
 
 MODEL_FILES = ("model.keras", "model.onnx")  # a zip holding either is a run folder
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_NOTHING_KEPT = "nothing half-written is kept"
+_TRY_AGAIN = "try again"
 
 
 def default_cache_dir() -> Path:
@@ -77,6 +80,7 @@ def fetch_model(
     Raises:
         ModelNotFoundError: no/invalid sha256, not https, server unreachable or
             answering an error, or the downloaded bytes do not match the sha256.
+        DiskFullError: the cache's disk filled up while downloading or unpacking.
     """
     parts = check_url(url)
     expected = check_sha256(url, sha256)
@@ -116,6 +120,10 @@ def _download(url: str, target: Path, expected: str, timeout: float) -> None:
         raise ModelNotFoundError(
             f"could not download the model from '{url}': {reason} (is the server up?)"
         ) from None
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise disk_full_error(target.parent, None, _NOTHING_KEPT, _TRY_AGAIN) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -138,6 +146,11 @@ def _unpack_run(archive: Path) -> Path:
             os.replace(staging, folder)
         except zipfile.BadZipFile as exc:
             raise ModelNotFoundError(f"'{archive}' is not a zip file: {exc}") from None
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            kept = "the verified zip is kept, nothing half-unpacked"
+            raise disk_full_error(archive.parent, None, kept, _TRY_AGAIN) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     models = sorted(p for name in MODEL_FILES for p in folder.rglob(name))

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from scalpnet import files
 from scalpnet.app import demo_build
 from scalpnet.app.demo_build import DemoBuild, may_build, on_community_cloud, step_of
+from scalpnet.errors import DiskFullError
 
 # Stands in for train.py: reports two steps through scalpnet.progress, then ends.
 FAKE_TRAIN = """
@@ -111,6 +113,28 @@ def test_a_failed_build_shows_the_end_of_its_output_and_can_start_again(tmp_path
     assert state.phase == "failed" and "the end of the output" in state.log_tail
     (app / "train.py").write_text(FAKE_TRAIN.format(repo=str(REPO), code=0, pause=0))
     build.start()
+    assert wait_end(build).phase == "done"
+
+
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_child_running(tmp_path, monkeypatch):
+    app = fake_app(tmp_path, pause=60)
+    build = DemoBuild(app, app / "runs")
+    started, popen = [], demo_build.subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(demo_build.subprocess, "Popen", recorded)
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:build.json:1")
+    monkeypatch.setattr(files, "_fault_counts", {})
+    with pytest.raises(DiskFullError, match=r"no build was started\. Free some space and start"):
+        build.start()
+    assert len(started) == 1 and started[0].poll() is not None  # ended, and reaped
+    assert build._running_pid() is None and not build.info_file.exists()
+    monkeypatch.delenv(files.FAULT_ENV)
+    (app / "train.py").write_text(FAKE_TRAIN.format(repo=str(REPO), code=0, pause=0))
+    build.start()  # with room again, it starts
     assert wait_end(build).phase == "done"
 
 

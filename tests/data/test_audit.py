@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scalpnet import cli
+from scalpnet import cli, files
 from scalpnet.data import audit, grouping
 from scalpnet.errors import DatasetError
 from scalpnet.labels import KEYS, NUM_CLASSES
@@ -80,6 +80,28 @@ def test_audit_on_a_labels_csv(tmp_path, real_scalp_dir):
     written = audit.write_audit(result, tmp_path / "a")
     assert set(written) == {"groups_csv", "contact_sheet", "audit_json"}
     assert "6 / 6" in audit.summary(result, written["audit_json"])
+
+
+def test_a_full_disk_shows_the_findings_then_one_line_and_leaves_no_half_file(
+    tmp_path, real_scalp_dir, capsys, monkeypatch
+):
+    rows = [r for r in real_manifest(real_scalp_dir) if r["same_photo_group"] in "23"]
+    csv_path = tmp_path / "labels.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "split", *KEYS])
+        for r in rows:
+            writer.writerow([str(real_scalp_dir / r["file"]), r["kaggle_split"], 1,
+                             *[0] * (NUM_CLASSES - 1)])  # fmt: skip
+    out = tmp_path / "audit"
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:contact_sheet:1")
+    monkeypatch.setattr(files, "_fault_counts", {})
+    assert cli.main(["audit", "--data", str(csv_path), "--out", str(out)]) == 2
+    printed, err = capsys.readouterr()
+    assert "Near-duplicate groups: 2 holding 4 images" in printed  # what it found is shown
+    assert err.strip() == err.strip().splitlines()[0] and "Traceback" not in err
+    assert err.startswith(f"error: the disk is full: saving in '{out}'")
+    assert list(out.iterdir()) == []  # the sheet went first: nothing half-written, no temp
 
 
 def test_audit_cli_mistakes_are_one_line(tmp_path, capsys):

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,9 +21,10 @@ import pytest
 from PIL import Image
 
 import scalpnet.data
+from scalpnet import cli, files
 from scalpnet.data import layouts, prepare, synthetic
 from scalpnet.data.preprocess import preprocess_image
-from scalpnet.errors import ConfigError, DatasetError
+from scalpnet.errors import ConfigError, DatasetError, DiskFullError
 from scalpnet.labels import CONDITIONS, ENGLISH_NAMES, KEYS, NUM_CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -419,6 +421,30 @@ def test_a_run_killed_mid_way_finishes_on_the_next_run(kaggle, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad files
+def test_a_full_disk_is_one_line_keeps_every_whole_image_and_the_next_run_finishes(
+    kaggle, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:.png:30")  # the 30th image meets a full disk
+    monkeypatch.setattr(files, "_fault_counts", {})
+    kept_so_far = r"the (\d+) of 100 images prepared so far are kept"
+    with pytest.raises(DiskFullError, match=kept_so_far) as caught:
+        run(kaggle, out, executor="threads")
+    kept = int(re.search(kept_so_far, str(caught.value)).group(1))
+    assert 0 < kept < 30
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no half-written PNG
+    monkeypatch.setattr(files, "_fault_counts", {})
+    argv = ["prepare", "--data", str(kaggle), "--out", str(out), "--image-size", str(SIZE)]
+    assert cli.main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the disk is full: saving in ") and "\n" not in err
+    assert "run the same command again to finish" in err
+    monkeypatch.delenv(files.FAULT_ENV)
+    finished = run(kaggle, out)
+    assert finished.reused >= kept and finished.reused + finished.processed == 100
+    assert len(read_csv(finished.csv_path)[1]) == 100
+
+
 def test_corrupt_and_non_image_files_are_skipped_and_reported(kaggle, tmp_path):
     folder = kaggle / "train" / "Lichen Planus"
     good = (folder / "lichen_planus_0001.jpg").read_bytes()

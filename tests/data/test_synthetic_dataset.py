@@ -8,8 +8,10 @@ import re
 import pytest
 from PIL import Image
 
+from scalpnet import files
 from scalpnet.data import synthetic_dataset
 from scalpnet.data.preprocess import load_image
+from scalpnet.errors import DiskFullError
 from scalpnet.labels import CONDITIONS
 
 
@@ -58,6 +60,17 @@ def test_write_dataset_is_seeded_and_removes_its_own_stale_files(tmp_path):
     assert len(list((tmp_path / "a").rglob("psoriasis_*.jpg"))) == 1
     assert foreign.exists()  # files we did not write are left alone
     assert not killed.exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_only_whole_images(tmp_path, monkeypatch):
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:.jpg:5")
+    monkeypatch.setattr(files, "_fault_counts", {})
+    with pytest.raises(DiskFullError, match="the same seed writes the same files") as caught:
+        synthetic_dataset.write_dataset(tmp_path, per_class=10, seed=5, sides=(64, 96), workers=1)
+    assert str(caught.value).startswith(f"the disk is full: saving in '{tmp_path}'")
+    written = sorted(tmp_path.rglob("*.jpg*"))  # a temporary would end in .tmp
+    assert all(p.suffix == ".jpg" and load_image(p).ndim == 3 for p in written)
+    assert 4 <= len(written) < 99  # the queued images were dropped, not drawn
 
 
 def test_write_dataset_rejects_zero_images(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from judge_arrays import fixed_arrays
 
-from scalpnet import cli
+from scalpnet import cli, files
 from scalpnet.judge import evaluation
 from scalpnet.judge.calibration import Calibration
 from scalpnet.judge.metrics import (
@@ -184,6 +184,19 @@ def test_evaluate_run_passes_its_arguments(monkeypatch, tmp_path):
     evaluation.evaluate_run(tmp_path, "val", batch_size=4, progress=False, command="x")
     assert seen["config"] == evaluation.EvaluationConfig(split="val", batch_size=4, progress=False)
     assert seen["command"] == "x"
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_every_file_whole(tmp_path, capsys, monkeypatch):
+    run = _write_tiny_run(tmp_path)
+    monkeypatch.setenv(files.FAULT_ENV, "enospc:report.md:1")  # the last file written
+    monkeypatch.setattr(files, "_fault_counts", {})
+    argv = ["evaluate", "--run", str(run), "--no-progress", "--batch-size", "10"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the disk is full: saving in '{run}'") and "\n" not in err
+    assert not (run / "report.md").exists() and not list(run.glob("*.tmp*"))
+    assert json.loads((run / "metrics.json").read_text())["ood"] == {"auroc": 0.5}  # whole
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
 import io
 import json
+import os
 import socket
 import threading
 import zipfile
@@ -18,7 +20,7 @@ import pytest
 from inference_helpers import SIZE, THRESHOLDS, jpeg_bytes, make_run, model_file, photo, sha256
 
 from scalpnet.data.preprocess import preprocess_image
-from scalpnet.errors import InvalidImageError, ModelNotFoundError
+from scalpnet.errors import DiskFullError, InvalidImageError, ModelNotFoundError
 from scalpnet.judge.calibration import Calibration
 from scalpnet.labels import KEYS, NUM_CLASSES
 from scalpnet.serve.fetch import fetch_model
@@ -243,6 +245,37 @@ def test_url_with_wrong_hash_is_refused_and_not_cached(server, tmp_path):
         Predictor.load(f"{server.url}/model.keras", sha256="ab" * 32, cache_dir=cache)
     assert sha256(model_file()) in str(info.value)  # says what it got
     assert not any(cache.glob("*.keras"))
+
+
+def test_a_full_disk_while_downloading_is_one_line_and_caches_nothing(
+    server, tmp_path, monkeypatch
+):
+    from scalpnet.serve import fetch
+
+    small = b"bytes of a model" * 64  # sent whole before the client gives up: no reset
+    (server.folder / "model.keras").write_bytes(small)
+    cache, opened = tmp_path / "cache", os.fdopen
+
+    class FullDisk:  # the download's file, on a disk with no room left
+        def __init__(self, fd: int, mode: str):
+            self.file = opened(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fetch.os, "fdopen", FullDisk)
+    url = f"{server.url}/model.keras"
+    with pytest.raises(DiskFullError) as caught:
+        Predictor.load(url, sha256=hashlib.sha256(small).hexdigest(), cache_dir=cache)
+    text = str(caught.value)
+    assert text.startswith(f"the disk is full: saving in '{cache}'") and "\n" not in text
+    assert list(cache.iterdir()) == []  # no partial download
 
 
 def test_url_needs_a_sha256_and_https(server, tmp_path):
