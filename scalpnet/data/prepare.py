@@ -61,7 +61,7 @@ PNG_PARAMS = (
 PIPELINE_VERSION = f"preprocess_image v1, median {preprocess.MEDIAN_KERNEL}"
 
 _CHECKPOINT_SECONDS = 2.0
-_FINISH = "run the same command again to finish (what is done is not done again)"
+_FINISH = "run the same command again to finish"
 EXECUTORS = ("auto", "threads", "processes")
 
 
