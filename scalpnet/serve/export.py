@@ -17,6 +17,7 @@ makes them, and return (batch, 10) sigmoid probabilities (uncalibrated; apply th
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ExportError
+from scalpnet.files import disk_full, disk_full_error, temp_path
 from scalpnet.quiet import quiet_converter
 
 FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
@@ -162,7 +164,8 @@ def export_model(
         source: a run folder, a ``.keras`` path, or a ``keras.Model``.
         fmt: "savedmodel", "onnx" or "litert".
         out: output path; default ``<run>/export/<savedmodel|model.onnx|model.tflite>``
-            (required when ``source`` is a model object). An existing output is replaced.
+            (required when ``source`` is a model object). An existing output is replaced,
+            only once the new one has passed the check.
         tolerance: the largest allowed absolute difference of any probability.
 
     Returns:
@@ -171,6 +174,7 @@ def export_model(
     Raises:
         ExportError: unknown format, missing packages (named, with the pip command),
             the export itself failed, or the parity check exceeded ``tolerance``.
+        DiskFullError: the disk filled up (an earlier export at ``out`` is kept).
     """
     import time
 
@@ -185,28 +189,56 @@ def export_model(
     if fmt == "litert" and out.suffix != ".tflite":
         raise ExportError(f"a LiteRT export must be a .tflite file, got '{out}'")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
     images = _check_inputs(model, check_images, seed)
     # Also builds the model's call graph, which the ONNX exporter needs.
     expected = np.asarray(model(images, training=False))
+    staged = temp_path(out, keep_suffix=True)  # checked there; `out` is replaced only then
+    try:
+        diff = _export_and_check(model, fmt, staged, images, expected, tolerance)
+        _remove(out)
+        os.replace(staged, out)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        _remove(staged)  # before the free space is measured for the message
+        kept = f"'{out}' is as it was" if out.exists() else "nothing half-written is kept"
+        raise disk_full_error(out.parent, None, kept, "run the same command again") from None
+    finally:
+        _remove(staged)
+    return ExportResult(out, fmt, diff, tolerance, time.perf_counter() - started)
+
+
+def _export_and_check(
+    model, fmt: str, path: Path, images: np.ndarray, expected: np.ndarray, tolerance: float
+) -> float:
+    """Export ``model`` to ``path``; its largest probability difference from Keras on
+    ``images`` (N, S, S, 3), whose Keras outputs are ``expected`` (N, 10)."""
     try:
         with quiet_converter():
-            model.export(os.fspath(out), format=FORMATS[fmt], verbose=False)
+            model.export(os.fspath(path), format=FORMATS[fmt], verbose=False)
+    except OSError:
+        raise
     except Exception as exc:
+        if "No space left on device" in str(exc):  # TensorFlow's own errors are no OSError
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
         raise ExportError(f"exporting to {fmt} failed: {type(exc).__name__}: {exc}") from None
-    got = run_exported(out, fmt, images)
+    got = run_exported(path, fmt, images)
     if got.shape != expected.shape:
         raise ExportError(f"the {fmt} export returns shape {got.shape}, Keras {expected.shape}")
     diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
     if not diff <= tolerance:  # also catches NaN
         raise ExportError(
-            f"the {fmt} export at '{out}' differs from the Keras model by up to {diff:.2e} "
-            f"(tolerance {tolerance:.0e}); do not serve it"
+            f"the {fmt} export differs from the Keras model by up to {diff:.2e} "
+            f"(tolerance {tolerance:.0e}); it was not written"
         )
-    return ExportResult(out, fmt, diff, tolerance, time.perf_counter() - started)
+    return diff
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run(config: ExportConfig) -> ExportResult:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from inference_helpers import model_file
 
 from scalpnet import cli
-from scalpnet.errors import ExportError
+from scalpnet.errors import DiskFullError, ExportError
 from scalpnet.learn.layers import ResNetPreprocess
 from scalpnet.learn.model import save_model
 from scalpnet.serve import export
@@ -65,6 +67,30 @@ def test_parity_failure_is_loud(small_model_file, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "run_exported", lambda *a: real(*a) + 1e-3)
     with pytest.raises(ExportError, match=r"differs from the Keras model by up to 1\.00e-03"):
         export.export_model(small_model_file, "savedmodel", tmp_path / "sm")
+
+
+def test_a_failed_check_or_a_full_disk_leaves_the_previous_export(
+    small_model_file, tmp_path, monkeypatch
+):
+    out = tmp_path / "exported"
+    out.write_bytes(b"the export that was there")
+    real = export.run_exported
+    monkeypatch.setattr(export, "run_exported", lambda *a: real(*a) + 1e-3)
+    with pytest.raises(ExportError, match="it was not written"):
+        export.export_model(small_model_file, "savedmodel", out)
+    assert out.read_bytes() == b"the export that was there"
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary left
+
+    def half_then_full(self, path, **kwargs):
+        Path(path).write_bytes(b"half an export")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keras.Model, "export", half_then_full)
+    with pytest.raises(DiskFullError, match=r"is as it was\. Free some space") as caught:
+        export.export_model(small_model_file, "savedmodel", out)
+    assert str(caught.value).startswith(f"the disk is full: saving in '{tmp_path}'")
+    assert out.read_bytes() == b"the export that was there"
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]
 
 
 def test_missing_packages_are_named_with_the_pip_command(monkeypatch, small_model_file, tmp_path):
