@@ -171,7 +171,7 @@ class Predictor:
         card = _read_card(run_dir / CARD_FILE)
         runtime, note = runtimes.open_runtime(run_dir, choice, jit_compile=jit_compile)
         size = runtime.image_size
-        if card is not None and int(card.get("image_size", size)) != size:
+        if card is not None and card.get("image_size", size) != size:
             raise ModelNotFoundError(
                 f"'{run_dir / CARD_FILE}' says image_size {card['image_size']} but the "
                 f"{runtime.name} model takes {size}x{size} images"
@@ -356,16 +356,38 @@ def _flip_views(pixels: np.ndarray) -> np.ndarray:
 
 
 def _read_card(path: Path) -> dict | None:
+    """The run's model_card.json, or None without one.
+
+    Raises:
+        ModelNotFoundError: not JSON, not an object, an image_size that is no positive
+            whole number, or labels other than ScalpNet's conditions in their order.
+    """
     if not path.is_file():
         return None
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelNotFoundError(f"'{path}' is not valid JSON: {exc}") from None
-    keys = [entry.get("key") for entry in card.get("labels", [])] if isinstance(card, dict) else []
+    problem = _card_problem(card)
+    if problem:
+        raise ModelNotFoundError(f"'{path}' is not a usable model card: {problem}")
+    return card
+
+
+def _card_problem(card: object) -> str | None:
+    """What is wrong with a parsed model card, in a few words; None when it is usable."""
+    if not isinstance(card, dict):
+        return f"it holds a JSON {type(card).__name__}, not an object"
+    size = card.get("image_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return f"image_size is {size!r}, not a positive whole number of pixels"
+    labels = card.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(e, dict) for e in labels):
+        return "labels is not a list of conditions"
+    keys = [entry.get("key") for entry in labels]
     if keys and keys != [c.key for c in CONDITIONS]:
-        raise ModelNotFoundError(
-            f"'{path}' lists the conditions {keys}; this ScalpNet expects "
+        return (
+            f"it lists the conditions {keys}; this ScalpNet expects "
             f"{[c.key for c in CONDITIONS]} in that order"
         )
-    return card
+    return None

@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import threading
 import zipfile
@@ -136,6 +137,26 @@ def test_missing_or_inconsistent_models_are_clear_errors(tmp_path, run_dir):
     for source in (run_dir, run_dir / "model.keras"):
         with pytest.raises(ModelNotFoundError, match="sha256"):
             Predictor.load(source, sha256="0" * 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "it holds a JSON list, not an object"),
+        ('{"image_size": "x"}', "image_size is 'x', not a positive whole number"),
+        ('{"image_size": 0}', "image_size is 0, not a positive whole number"),
+        ('{"labels": 5}', "labels is not a list of conditions"),
+        ('{"labels": [{"key": "psoriasis"}]}', "it lists the conditions ['psoriasis']"),
+    ],
+)
+def test_a_broken_model_card_is_one_clear_error(tmp_path, text, problem):
+    run = make_run(tmp_path / "run")
+    (run / "model_card.json").write_text(text)
+    with pytest.raises(ModelNotFoundError, match=re.escape(problem)) as caught:
+        Predictor.load(run)
+    message = str(caught.value)
+    assert message.startswith(f"'{run / 'model_card.json'}' ") and "\n" not in message
 
 
 # ----------------------------------------------------------------------------- bad input
