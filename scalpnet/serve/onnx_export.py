@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ExportError, ModelNotFoundError
-from scalpnet.files import atomic_path, write_json_atomic
+from scalpnet.files import atomic_path, disk_full, disk_full_as_error, write_json_atomic
 from scalpnet.quiet import quiet_converter
 from scalpnet.serve import runtimes
 from scalpnet.serve.fetch import file_sha256
@@ -81,6 +81,8 @@ def export_fp32(model, out: Path) -> Path:
         with atomic_path(out) as staged, quiet_converter(), collecting_cycles():
             serving.export(os.fspath(staged), format="onnx", verbose=False)
     except Exception as exc:
+        if disk_full(exc):
+            raise
         raise ExportError(f"exporting to ONNX failed: {type(exc).__name__}: {exc}") from None
     return out
 
@@ -162,6 +164,8 @@ def quantize_int8(fp32: Path, out: Path, pixels: np.ndarray) -> Path:
             pad_integers(quantized)
             onnx.save(quantized, os.fspath(staged))
         except Exception as exc:
+            if disk_full(exc):
+                raise
             raise ExportError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from None
     return out
 
@@ -300,16 +304,21 @@ def export_run(
         ExportError: packages missing, the export or quantisation failed, or fp32 ONNX
             differs from Keras by more than :data:`FP32_TOLERANCE` (then nothing is kept).
         ModelNotFoundError / DatasetError: no usable model, card or dataset.
+        DiskFullError: the disk filled up (no half-written model is left).
     """
     from scalpnet.progress import Progress
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
     stages = [k for k in STAGE_SECONDS if int8 or "int8" not in k]
-    with Progress("export", sum(STAGE_SECONDS[k] for k in stages), unit="s", show=progress) as bar:
+    again = f"run 'python -m scalpnet export --run {run_dir} --format int8'"
+    with (
+        disk_full_as_error(run_dir, None, "model.keras and the rest of the run are whole", again),
+        Progress("export", sum(STAGE_SECONDS[k] for k in stages), unit="s", show=progress) as bar,
+    ):
         record = _export(run_dir, int8, check_images, lambda k: bar.update(STAGE_SECONDS[k]))
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    write_json_atomic(run_dir / runtimes.CHECK_FILE, record)
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        write_json_atomic(run_dir / runtimes.CHECK_FILE, record)
     return record
 
 

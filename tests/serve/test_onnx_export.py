@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scalpnet import files
+from scalpnet.errors import DiskFullError
 from scalpnet.judge.calibration import Calibration
 from scalpnet.progress import PROGRESS_FILE_ENV, read_status
 from scalpnet.serve import onnx_export, runtimes
@@ -125,6 +127,17 @@ def test_export_run_writes_both_models_and_their_check(exported):
     predictor = Predictor.load(run)
     assert predictor.runtime.name == served
     assert (predictor.runtime_note is None) == gate
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_run_as_it_was(tiny_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.onnx", runtimes.CHECK_FILE))
+    before = sorted(p.name for p in run.iterdir())
+    monkeypatch.setenv(files.FAULT_ENV, f"enospc:{runtimes.FP32_FILE}:1")
+    monkeypatch.setattr(files, "_fault_counts", {})
+    with pytest.raises(DiskFullError, match=r"model\.keras and the rest of the run are whole"):
+        onnx_export.export_run(run)
+    assert sorted(p.name for p in run.iterdir()) == before  # no half-written model
 
 
 def test_the_export_reports_its_progress_for_the_app(exported):
