@@ -30,7 +30,7 @@ from scalpnet.data.grouping import (
 )
 from scalpnet.data.layouts import discover, skipped_lines
 from scalpnet.data.preprocess import load_image
-from scalpnet.errors import ConfigError
+from scalpnet.errors import ConfigError, DatasetError
 from scalpnet.files import atomic_path, disk_full_as_error, write_json_atomic, write_text_atomic
 from scalpnet.labels import ENGLISH_NAMES, KEYS, NUM_CLASSES
 
@@ -172,13 +172,20 @@ def audit(config: AuditConfig) -> AuditResult:
     """Find near-duplicate groups in a dataset and measure how they straddle its splits.
 
     Raises:
-        DatasetError: the input is missing or malformed (see ``layouts.discover``).
+        DatasetError: the input is missing or malformed (see ``layouts.discover``), or the
+            report would go inside the dataset folder.
     """
 
     DedupeConfig(
         config.threshold, config.neighbours,
         workers=config.workers, word_neighbours=config.word_neighbours,
     ).check()  # fmt: skip
+    data, out = Path(config.data).expanduser(), Path(config.out).expanduser().resolve()
+    if data.is_dir() and out.is_relative_to(data.resolve()):
+        raise DatasetError(
+            f"the report folder '{out}' is inside the dataset '{data}', where the next audit "
+            "or prepare would read it as a split or a condition; choose an --out outside it"
+        )
     started = time.perf_counter()
     found = discover(Path(config.data))
     items = sorted(found.items, key=lambda item: item.key)

@@ -110,6 +110,12 @@ def test_audit_cli_mistakes_are_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
     with pytest.raises(DatasetError):
         audit.audit(audit.AuditConfig(data=tmp_path / "missing"))
+    data = tmp_path / "Hair Diseases - Final"
+    (data / "train").mkdir(parents=True)
+    assert cli.main(["audit", "--data", str(data), "--out", str(data / "audit")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is inside the dataset" in err and "\n" not in err
+    assert [p.name for p in data.iterdir()] == ["train"]  # nothing written into it
 
 
 def test_audit_help_quotes_the_real_defaults(capsys):
