@@ -8,6 +8,7 @@ with its card, thresholds, calibration...) is fetched over https (plain http onl
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from scalpnet.errors import ModelNotFoundError
@@ -95,13 +97,20 @@ def fetch_model(
 
 
 def _download(url: str, target: Path, expected: str, timeout: float) -> None:
-    """Stream ``url`` into ``target`` through a temporary file, hashing as it goes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=target.parent)
-    digest = hashlib.sha256()
+    """Stream ``url`` into ``target`` through a temporary file, hashing as it goes.
+
+    Raises:
+        ModelNotFoundError: the server cannot be reached, answers an error or cuts the
+            download off; the bytes do not match ``expected``; the cache is not writable.
+        DiskFullError: the cache's disk filled up.
+    """
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".download-", dir=target.parent)
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in _chunks(url, timeout):
                 digest.update(chunk)
                 out.write(chunk)
         got = digest.hexdigest()
@@ -111,22 +120,33 @@ def _download(url: str, target: Path, expected: str, timeout: float) -> None:
                 "refusing to load it (wrong URL, wrong checksum, or a tampered file)"
             )
         os.replace(tmp, target)
+    except OSError as exc:  # the cache's: _chunks turns the network's into ModelNotFoundError
+        if disk_full(exc):
+            raise disk_full_error(target.parent, None, _NOTHING_KEPT, _TRY_AGAIN) from None
+        raise ModelNotFoundError(
+            f"cannot write the model cache '{target.parent}': {exc.strerror or exc}; "
+            "point SCALPNET_CACHE at a writable folder"
+        ) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _chunks(url: str, timeout: float) -> Iterator[bytes]:
+    """The bytes at ``url``, ``_CHUNK`` at a time; what goes wrong on the way is a
+    ModelNotFoundError that says so."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            yield from iter(lambda: response.read(_CHUNK), b"")
     except urllib.error.HTTPError as exc:
         raise ModelNotFoundError(
             f"could not download the model: '{url}' answered HTTP {exc.code} {exc.reason}"
         ) from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
         raise ModelNotFoundError(
             f"could not download the model from '{url}': {reason} (is the server up?)"
         ) from None
-    except OSError as exc:
-        if not disk_full(exc):
-            raise
-        raise disk_full_error(target.parent, None, _NOTHING_KEPT, _TRY_AGAIN) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _unpack_run(archive: Path) -> Path:

@@ -308,6 +308,14 @@ def test_url_needs_a_sha256_and_https(server, tmp_path):
         Predictor.load(f"{server.url}/missing.keras", sha256="0" * 64, cache_dir=tmp_path)
 
 
+def test_a_cache_that_cannot_be_written_is_a_clear_error(server, tmp_path):
+    (server.folder / "model.keras").write_bytes(model_file().read_bytes())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelNotFoundError, match="point SCALPNET_CACHE at a writable folder"):
+        fetch_model(f"{server.url}/model.keras", sha256(model_file()), blocker / "cache")
+
+
 def test_url_with_the_server_down_is_a_clear_error(tmp_path):
     with socket.socket() as sock:  # a port nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
