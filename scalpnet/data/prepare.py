@@ -96,6 +96,8 @@ class PrepareResult:
     processed: int  # images decoded and written in this run
     reused: int  # images already up to date from an earlier run
     elapsed: float  # seconds
+    groups: int | None = None  # near-duplicate groups (grouped split only)
+    largest_group: int | None = None  # images in the largest of them
 
 
 # --------------------------------------------------------------------------- splits
@@ -436,6 +438,8 @@ def prepare_dataset(config: PrepareConfig, progress: bool = True) -> PrepareResu
         processed=len(jobs) - len(failed),
         reused=len(kept_items) - (len(jobs) - len(failed)),
         elapsed=time.perf_counter() - start,
+        groups=None if groups is None else len(set(groups)),
+        largest_group=None if groups is None else int(np.bincount(groups).max()),
     )
     with disk_full_as_error(out, None, f"{CSV_NAME} and every image are written", _FINISH):
         _write_report(result, config, workers, kind)
@@ -459,6 +463,9 @@ def _write_report(result: PrepareResult, config: PrepareConfig, workers: int, ki
         "reused": result.reused,
         "skipped_count": len(result.skipped),
         "skipped": [{"path": str(p), "reason": r} for p, r in result.skipped],
+        "groups": result.groups,
+        "largest_group": result.largest_group,
+        "empty_splits": empty_splits(result),
         "workers": workers,
         "executor": kind,
         "elapsed_s": round(result.elapsed, 3),
@@ -481,5 +488,24 @@ def summary(result: PrepareResult) -> str:
         f"up to date, {len(result.skipped)} skipped; {result.elapsed:.1f} s"
     )
     lines.extend(skipped_lines(result.skipped, result.report_path))
+    if warning := empty_splits(result):
+        lines.append(f"warning: {warning}")
     lines.append(f"wrote {result.csv_path}")
     return "\n".join(lines)
+
+
+def empty_splits(result: PrepareResult) -> str | None:
+    """Which splits hold no image and why, in one phrase; None when none is empty."""
+    empty, n = [s for s in SPLITS if not result.totals[s]], sum(result.totals.values())
+    if not empty:
+        return None
+    if result.groups is not None:
+        why = (
+            f"its {n} images form {result.groups} near-duplicate group(s), the largest of "
+            f"{result.largest_group}, and each stays whole in one split"
+        )
+    elif result.split_scheme == "shipped":
+        why = "the dataset's own split folders hold none"
+    else:
+        why = f"{n} images are too few for three splits"
+    return f"{' and '.join(empty)} hold no image ({why}); training needs train and val"

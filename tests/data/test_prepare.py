@@ -577,6 +577,24 @@ def test_stratified_split_by_label_combination():
     assert splits != prepare.stratified_split(labels, seed=1)
 
 
+def test_splits_left_empty_are_a_warning_that_says_why(tmp_path):
+    copies = tmp_path / "copies" / CONDITIONS[0].english
+    copies.mkdir(parents=True)
+    write_jpeg(copies / "one.jpg", 0, 1)
+    for k in range(2, 13):  # 12 copies of one photo: one near-duplicate group
+        shutil.copy(copies / "one.jpg", copies / f"copy{k}.jpg")
+    grouped = run(tmp_path / "copies", tmp_path / "grouped", split="grouped")
+    assert (grouped.groups, grouped.largest_group) == (1, 12)
+    assert grouped.totals == {"train": 12, "val": 0, "test": 0}
+    warning = "val and test hold no image (its 12 images form 1 near-duplicate group(s)"
+    assert f"warning: {warning}" in prepare.summary(grouped)
+    report = json.loads(grouped.report_path.read_text())
+    assert report["empty_splits"].startswith(warning) and report["largest_group"] == 12
+    few = run(make_folders(tmp_path / "few", [2] + [0] * (NUM_CLASSES - 1)), tmp_path / "r")
+    assert "(2 images are too few for three splits)" in prepare.summary(few)
+    assert prepare.empty_splits(run(make_folders(tmp_path / "ok", 10), tmp_path / "o")) is None
+
+
 def test_summary_lists_every_condition_and_the_totals(kaggle, tmp_path):
     text = prepare.summary(run(kaggle, tmp_path / "out"))
     for name in ENGLISH_NAMES:
