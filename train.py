@@ -325,6 +325,11 @@ def resolve_precision(flag: str, demo: bool) -> str | None:
     return None if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
+def given(value, default):
+    """A flag's value, or ``default`` when it was not given (0 is a value, and checked)."""
+    return default if value is None else value
+
+
 def train_config(args: argparse.Namespace, image_size: int, out: Path):
     """Flags -> TrainConfig (out is filled in later when resuming)."""
     from scalpnet.learn.config import TrainConfig
@@ -334,10 +339,10 @@ def train_config(args: argparse.Namespace, image_size: int, out: Path):
     return TrainConfig(
         out_dir=out,
         image_size=image_size,
-        batch_size=args.batch_size or (DEMO_BATCH if args.demo else 32),
+        batch_size=given(args.batch_size, DEMO_BATCH if args.demo else 32),
         head_epochs=epochs[0],
         finetune_epochs=epochs[1],
-        head_lr=args.head_lr or (DEMO_LR if args.demo else 1e-3),
+        head_lr=given(args.head_lr, DEMO_LR if args.demo else 1e-3),
         finetune_lr=args.finetune_lr,
         dropout=args.dropout,
         weights=weights,
@@ -418,13 +423,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow(verbose=args.verbose >= 2)
     use_onednn()
     try:
-        image_size = args.image_size or (DEMO_SIZE if args.demo else DEFAULT_SIZE)
+        from dataclasses import replace
+
+        image_size = given(args.image_size, DEMO_SIZE if args.demo else DEFAULT_SIZE)
+        if not args.demo and not args.data.exists():
+            raise_missing(args.data)
+        from scalpnet.learn.config import check_config  # TensorFlow: after the cheap checks
+
+        config = train_config(args, image_size, RUNS / "pending")
+        check_config(config)  # a mistake in the flags stops here, before any data is made
         if args.demo:
             data = make_demo_data(DATA / "synthetic", args.demo_images, args.demo_sides)
         else:
             data = args.data
-            if not data.exists():
-                raise_missing(data)
         csv_path = prepare(
             data,
             processed_folder(args, image_size),
@@ -433,11 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             args.workers,
         )
-        from dataclasses import replace
-
         from scalpnet.learn import run_folder, training
 
-        config = train_config(args, image_size, RUNS / "pending")
         config = replace(config, out_dir=choose_run_folder(args, config, csv_path))
         print(f"training into {config.out_dir}", flush=True)
         result = training.train(config, csv_path)

@@ -70,6 +70,25 @@ def test_user_errors_are_one_line_and_exit_code_2(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "batch size must be at least 1, got 0"),
+        (["--head-lr", "0"], "the head learning rate must be in (0, 1), got 0.0"),
+        (["--image-size", "0"], "image size must be between 16 and 4096 pixels, got 0"),
+    ],
+)
+def test_a_zero_is_a_value_checked_before_any_data_is_made(
+    train_script, tmp_path, flags, message, capsys
+):
+    (tmp_path / "data").mkdir()
+    processed = tmp_path / "processed"
+    argv = ["--data", str(tmp_path / "data"), "--processed", str(processed), "--weights", "none"]
+    assert train_script.main([*argv, *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not processed.exists()
+
+
 # --------------------------------------------------------------------------- the demo recipe
 @pytest.fixture(scope="module")
 def train_script():

@@ -155,6 +155,11 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("at least one epoch of training is needed")
     if config.patience < 1:
         raise ConfigError(f"patience must be at least 1, got {config.patience}")
+    for name, lr in (("head", config.head_lr), ("fine-tuning", config.finetune_lr)):
+        if not 0 < lr < 1:  # also refuses NaN
+            raise ConfigError(f"the {name} learning rate must be in (0, 1), got {lr}")
+    if not 0 <= config.dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
     if config.strategy not in distributed.STRATEGIES:
         raise ConfigError(
             f"strategy must be one of {', '.join(distributed.STRATEGIES)}; got {config.strategy!r}"

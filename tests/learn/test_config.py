@@ -38,6 +38,9 @@ def test_phases_for_pretrained_and_scratch_weights():
         ({"head_epochs": 0, "finetune_epochs": 0}, "at least one epoch"),
         ({"monitor": "auc"}, "validation metric"),
         ({"patience": 0}, "patience"),
+        ({"head_lr": 0.0}, "head learning rate"),
+        ({"finetune_lr": float("nan")}, "fine-tuning learning rate"),
+        ({"dropout": 1.0}, "dropout"),
     ],
 )
 def test_impossible_settings_are_refused(change, message):
