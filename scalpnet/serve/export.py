@@ -178,6 +178,8 @@ def export_model(
     """
     import time
 
+    if not tolerance > 0:  # also refuses NaN
+        raise ExportError(f"tolerance must be above 0, got {tolerance}")
     check_requirements(fmt)
     started = time.perf_counter()
     model, run_dir = _load(source)

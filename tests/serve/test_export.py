@@ -102,7 +102,9 @@ def test_missing_packages_are_named_with_the_pip_command(monkeypatch, small_mode
         export.export_model(small_model_file, "onnx", tmp_path / "m.onnx")
 
 
-def test_bad_format_and_litert_suffix(small_model_file, tmp_path):
+def test_bad_format_tolerance_and_litert_suffix(small_model_file, tmp_path):
+    with pytest.raises(ExportError, match="tolerance must be above 0, got -1"):
+        export.export_model(small_model_file, "onnx", tmp_path / "m.onnx", tolerance=-1)
     with pytest.raises(ExportError, match="unknown export format"):
         export.export_model(small_model_file, "coreml", tmp_path / "x")
     with pytest.raises(ExportError, match=r"\.tflite"):
