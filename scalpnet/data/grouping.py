@@ -110,6 +110,7 @@ import numpy as np
 from scalpnet.data.candidates import Features, coarse_pairs, word_pairs
 from scalpnet.data.fingerprints import Scan, same, scan_strict
 from scalpnet.data.keypoints import extract, project, word_vectors
+from scalpnet.data.splits import check_ratios
 from scalpnet.data.verify import Verifier
 from scalpnet.errors import ConfigError
 
@@ -351,9 +352,7 @@ def group_split(
     """
     groups = np.asarray(groups).reshape(-1)
     labels = np.asarray(labels, np.float64).reshape(len(groups), -1)
-    r = np.asarray(ratios, np.float64)
-    if r.shape != (3,) or np.any(r < 0) or r.sum() <= 0:
-        raise ConfigError(f"ratios must be three non-negative numbers, got {tuple(ratios)}")
+    r = check_ratios(ratios)
     ids, inverse = np.unique(groups, return_inverse=True)
     counts = np.zeros((len(ids), labels.shape[1] + 1))  # per condition, then the total
     np.add.at(counts, inverse, np.hstack([labels, np.ones((len(groups), 1))]))

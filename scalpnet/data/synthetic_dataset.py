@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scalpnet.data.prepare import split_counts
+from scalpnet.data.splits import split_counts
 from scalpnet.data.synthetic import make_image
 from scalpnet.files import disk_full_as_error, make_folder, write_bytes_atomic
 from scalpnet.labels import CONDITIONS, KEYS, NUM_CLASSES

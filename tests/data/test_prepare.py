@@ -558,25 +558,7 @@ def test_grouped_split_calls_grouping_on_the_processed_images(kaggle, tmp_path, 
     assert json.loads(result.report_path.read_text())["split_scheme"] == "grouped"
 
 
-# --------------------------------------------------------------------------- helpers
-@pytest.mark.parametrize("n", [0, 1, 2, 5, 9, 10, 11, 99, 1000])
-def test_split_counts_sum_to_n_and_stay_within_one_of_exact(n):
-    counts = prepare.split_counts(n)
-    assert sum(counts) == n
-    assert all(abs(c - n * r) < 1 for c, r in zip(counts, (0.8, 0.1, 0.1), strict=True))
-
-
-def test_stratified_split_by_label_combination():
-    labels = np.zeros((60, NUM_CLASSES), np.uint8)
-    labels[:40, 0] = 1
-    labels[40:, [1, 2]] = 1  # a multi-label stratum
-    splits = prepare.stratified_split(labels, seed=0)
-    assert [splits[:40].count(s) for s in prepare.SPLITS] == [32, 4, 4]
-    assert [splits[40:].count(s) for s in prepare.SPLITS] == [16, 2, 2]
-    assert splits == prepare.stratified_split(labels, seed=0)
-    assert splits != prepare.stratified_split(labels, seed=1)
-
-
+# --------------------------------------------------------------------------- the summary
 def test_splits_left_empty_are_a_warning_that_says_why(tmp_path):
     copies = tmp_path / "copies" / CONDITIONS[0].english
     copies.mkdir(parents=True)
