@@ -30,6 +30,18 @@ def make_kaggle_from_fixtures(real_scalp_dir: Path, root: Path) -> Path:
     return root
 
 
+def write_labels_csv(real_scalp_dir: Path, groups: set[str], path: Path) -> Path:
+    """A labels.csv of the fixture's photos in the known same-photo ``groups``."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "split", *KEYS])
+        for r in real_manifest(real_scalp_dir):
+            if r["same_photo_group"] in groups:
+                writer.writerow([str(real_scalp_dir / r["file"]), r["kaggle_split"], 1,
+                                 *[0] * (NUM_CLASSES - 1)])  # fmt: skip
+    return path
+
+
 def test_audit_cli_on_a_kaggle_folder(tmp_path, real_scalp_dir, capsys):
     data = make_kaggle_from_fixtures(real_scalp_dir, tmp_path / "Hair Diseases - Final")
     notes = next((data / "train").iterdir()) / "notes.jpg"
@@ -66,14 +78,7 @@ def test_audit_cli_on_a_kaggle_folder(tmp_path, real_scalp_dir, capsys):
 
 
 def test_audit_on_a_labels_csv(tmp_path, real_scalp_dir):
-    rows = [r for r in real_manifest(real_scalp_dir) if r["same_photo_group"] in "234"]
-    csv_path = tmp_path / "labels.csv"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "split", *KEYS])
-        for r in rows:
-            writer.writerow([str(real_scalp_dir / r["file"]), r["kaggle_split"], 1,
-                             *[0] * (NUM_CLASSES - 1)])  # fmt: skip
+    csv_path = write_labels_csv(real_scalp_dir, {"2", "3", "4"}, tmp_path / "labels.csv")
     result = audit.audit(audit.AuditConfig(data=csv_path, out=tmp_path / "a"))
     assert result.report["groups"]["count"] == 3
     assert result.report["leakage"]["images_with_twin_in_other_split"] == 6
@@ -85,14 +90,7 @@ def test_audit_on_a_labels_csv(tmp_path, real_scalp_dir):
 def test_a_full_disk_shows_the_findings_then_one_line_and_leaves_no_half_file(
     tmp_path, real_scalp_dir, capsys, monkeypatch
 ):
-    rows = [r for r in real_manifest(real_scalp_dir) if r["same_photo_group"] in "23"]
-    csv_path = tmp_path / "labels.csv"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "split", *KEYS])
-        for r in rows:
-            writer.writerow([str(real_scalp_dir / r["file"]), r["kaggle_split"], 1,
-                             *[0] * (NUM_CLASSES - 1)])  # fmt: skip
+    csv_path = write_labels_csv(real_scalp_dir, {"2", "3"}, tmp_path / "labels.csv")
     out = tmp_path / "audit"
     monkeypatch.setenv(files.FAULT_ENV, "enospc:contact_sheet:1")
     monkeypatch.setattr(files, "_fault_counts", {})
