@@ -185,7 +185,8 @@ def disk_full(exc: BaseException) -> bool:
     )
 
 
-RESUME = "run the same command again to resume"
+AGAIN = "run the same command again"  # what to do once space is free
+RESUME = f"{AGAIN} to resume"
 
 
 def disk_full_error(
@@ -231,7 +232,7 @@ def os_error_line(exc: OSError) -> str:
     if disk_full(exc):
         folder = Path(exc.filename).parent if exc.filename else None
         kept = "the files written before it are whole"
-        return str(disk_full_error(folder, None, kept, "run the same command again"))
+        return str(disk_full_error(folder, None, kept, AGAIN))
     if exc.filename:  # an atomic writer's temporary is named for the file it becomes
         where = _TEMP_TAIL.sub("", os.fspath(exc.filename))
         return f"cannot use '{where}': {exc.strerror or exc}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import DatasetError, ModelNotFoundError
-from scalpnet.files import disk_full_as_error, write_json_atomic
+from scalpnet.files import AGAIN, disk_full_as_error, write_json_atomic
 from scalpnet.judge.calibration import Calibration
 from scalpnet.judge.metrics import (
     DEFAULT_THRESHOLD,
@@ -414,7 +414,7 @@ def evaluate(
     }
 
     kept = "the model and every file are whole (each written whole or not at all)"
-    with disk_full_as_error(run_dir, None, kept, "run the same command again"):
+    with disk_full_as_error(run_dir, None, kept, AGAIN):
         files = write_results(run_dir, metrics, thresholds, calibration, y, probs)
     return EvaluationResult(run_dir=run_dir, split=split, metrics=metrics, files=files)
 

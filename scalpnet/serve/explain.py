@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scalpnet.files import disk_full_as_error, write_bytes_atomic
+from scalpnet.files import AGAIN, disk_full_as_error, write_bytes_atomic
 
 
 def cam(maps: np.ndarray, classes, size: int) -> np.ndarray:
@@ -147,5 +147,5 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     if not ok:
         raise ValueError(f"cannot encode a {rgb.shape} {rgb.dtype} array as PNG")
     kept = "the overlays written before this one are whole"
-    with disk_full_as_error(path.parent, len(png), kept, "run the same command again"):
+    with disk_full_as_error(path.parent, len(png), kept, AGAIN):
         return write_bytes_atomic(path, png.tobytes())

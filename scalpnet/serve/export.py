@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from scalpnet.errors import ExportError
-from scalpnet.files import disk_full, disk_full_error, temp_path
+from scalpnet.files import AGAIN, disk_full, disk_full_error, temp_path
 from scalpnet.quiet import quiet_converter
 
 FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
@@ -204,7 +204,7 @@ def export_model(
             raise
         _remove(staged)  # before the free space is measured for the message
         kept = f"'{out}' is as it was" if out.exists() else "nothing half-written is kept"
-        raise disk_full_error(out.parent, None, kept, "run the same command again") from None
+        raise disk_full_error(out.parent, None, kept, AGAIN) from None
     finally:
         _remove(staged)
     return ExportResult(out, fmt, diff, tolerance, time.perf_counter() - started)
