@@ -162,7 +162,12 @@ def _add_predict(verbs) -> Handler:
         "does not look like the scalp close-ups the model was trained on. Unreadable files "
         "get one error line each (exit code 2); the others are still predicted.",
     )
-    p.add_argument("images", type=Path, nargs="+", help="photos (JPEG, PNG, WebP, HEIC, ...)")
+    p.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="photos (JPEG, PNG, WebP, HEIC, ...) or folders of them (every image inside)",
+    )
     p.add_argument(
         "--run",
         required=True,

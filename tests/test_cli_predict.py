@@ -134,6 +134,34 @@ def test_awkward_files_predict_like_their_plain_equivalents(corpus, run_dir):
         assert predictor.predict(corpus["good"]["plain"]).probabilities == plain.probabilities
 
 
+def test_a_folder_stands_for_the_images_in_it(corpus, run_dir, tmp_path, capsys):
+    """Every image under a named folder, sorted, nested folders included; hidden files and
+    other files skipped; a folder with no image is one error line, the others still run."""
+    photos = tmp_path / "photos"
+    (photos / "later").mkdir(parents=True)
+    (photos / ".thumbnails").mkdir()
+    plain = corpus["good"]["plain"].read_bytes()
+    for name in ("b.jpg", "a.JPG", "later/c.jpeg", ".hidden.jpg", ".thumbnails/d.jpg"):
+        (photos / name).write_bytes(plain)
+    (photos / "notes.txt").write_text("not a photo")
+    empty = tmp_path / "no_photos"
+    empty.mkdir()
+    code = cli.main(["predict", str(photos), "--run", str(run_dir), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and _error_lines(err) == []
+    names = [Path(r["image"]).relative_to(photos).as_posix() for r in json.loads(out)["results"]]
+    assert names == ["a.JPG", "b.jpg", "later/c.jpeg"]
+
+    code = cli.main(["predict", str(empty), str(photos / "b.jpg"), "--run", str(run_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    assert _error_lines(err) == [
+        f"error: the folder '{empty}' holds no image files (JPEG, PNG, WebP, BMP, TIFF, GIF or "
+        "HEIC)"
+    ]
+    assert "b.jpg" in out and "top:" in out
+
+
 def test_text_output_names_conditions_and_exit_code_zero(corpus, run_dir, capsys, tmp_path):
     cam = tmp_path / "cam.png"
     code = cli.main(

@@ -119,6 +119,18 @@ def _class_images(
     return items, skipped
 
 
+def images_in(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` by its extension (nested folders included; hidden
+    files and folders skipped), sorted."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and all(_visible(part) for part in path.relative_to(folder).parts)
+    ]
+
+
 def _loose_files(folder: Path) -> list[tuple[Path, str]]:
     return [
         (p, "not inside a class folder")

@@ -57,6 +57,8 @@ def _open(source: ImageSource) -> Image.Image:
         return Image.open(io.BytesIO(data))
     if isinstance(source, str | os.PathLike):
         path = Path(source)
+        if path.is_dir():
+            raise InvalidImageError(f"'{path}' is a folder, not an image file", "unreadable")
         if not path.is_file():
             raise InvalidImageError(f"no such image file: '{path}'", "missing")
         if path.stat().st_size == 0:

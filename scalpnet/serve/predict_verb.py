@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scalpnet.data import preprocess
+from scalpnet.data.layouts import images_in
 from scalpnet.errors import InvalidImageError
 from scalpnet.labels import CONDITIONS
 from scalpnet.serve.prediction import Prediction
@@ -18,7 +19,7 @@ from scalpnet.serve.predictor import Predictor
 class PredictConfig:
     """What ``python -m scalpnet predict`` does."""
 
-    images: tuple[Path, ...]
+    images: tuple[Path, ...]  # photos, or folders: each stands for the image files in it
     run: str  # a run folder, a .keras file, or an https URL (then sha256 is required)
     sha256: str | None = None
     tta: bool = False
@@ -109,13 +110,29 @@ def gradcam_paths(base: Path, index: int, image: Path, n_images: int, keys) -> l
     ]
 
 
+def expand_folders(paths: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Named paths -> the images to predict (each folder replaced by the image files in it,
+    ``layouts.images_in``) and one error for each folder that holds none."""
+    images, errors = [], []
+    for path in paths:
+        if not Path(path).is_dir():
+            images.append(Path(path))
+        elif found := images_in(Path(path)):
+            images += found
+        else:
+            kinds = "JPEG, PNG, WebP, BMP, TIFF, GIF or HEIC"
+            errors.append((os.fspath(path), f"the folder '{path}' holds no image files ({kinds})"))
+    return images, errors
+
+
 def run_predict(config: PredictConfig) -> PredictReport:
     """Load the model once, predict every readable image, collect one line per bad one."""
     from scalpnet.serve import explain
 
     predictor = Predictor.load(config.run, sha256=config.sha256, runtime=config.runtime)
-    prepared, errors = [], []
-    for index, image in enumerate(config.images):
+    images, errors = expand_folders(config.images)
+    prepared = []
+    for index, image in enumerate(images):
         try:
             prepared.append((index, image, predictor.prepare(image)))
         except InvalidImageError as exc:
@@ -129,7 +146,7 @@ def run_predict(config: PredictConfig) -> PredictReport:
             if config.gradcam is not None:
                 heats = predictor.explain_prediction(prediction)
                 keys = [CONDITIONS[c].key for c in heats]
-                paths = gradcam_paths(config.gradcam, index, image, len(config.images), keys)
+                paths = gradcam_paths(config.gradcam, index, image, len(images), keys)
                 photo = preprocess.load_image(image)
                 written = tuple(
                     explain.save_png(path, explain.overlay(photo, heat))

@@ -257,6 +257,7 @@ def truncated_jpeg(rgb: np.ndarray) -> bytes:
         ("truncated", "corrupt or truncated"),
         ("random", "not an image"),
         ("missing", "no such image file"),
+        ("folder", "is a folder, not an image file"),
     ],
 )
 def test_bad_files_raise_invalid_image_error_with_a_readable_message(tmp_path, rgb, kind, expected):
@@ -270,6 +271,8 @@ def test_bad_files_raise_invalid_image_error_with_a_readable_message(tmp_path, r
     }
     if kind in contents:
         path.write_bytes(contents[kind])
+    if kind == "folder":
+        path.mkdir()
     with pytest.raises(InvalidImageError) as info:
         load_image(path)
     message = str(info.value)
@@ -278,6 +281,7 @@ def test_bad_files_raise_invalid_image_error_with_a_readable_message(tmp_path, r
     assert "\n" not in message and "Traceback" not in message
     assert isinstance(info.value, ScalpNetError)
     reasons = {"text": "not_an_image", "random": "not_an_image", "truncated": "corrupt"}
+    reasons["folder"] = "unreadable"
     assert info.value.reason == reasons.get(kind, kind)
     assert info.value.reason in IMAGE_PROBLEMS
     with pytest.raises(InvalidImageError):
