@@ -33,7 +33,8 @@ def real_scalp_dir() -> Path:
 
 # --------------------------------------------------------------------------- tiny_run
 # A ResNet50 trained from scratch on the synthetic set: what fits the CI budget on a
-# 2-core CPU (about 3 minutes here). More images for fewer epochs learn more per minute.
+# 2-core CPU (about 3 minutes on 2026-11-24, 526 s beside the other pytest worker on
+# 2026-12-05). More images for fewer epochs learn more per minute.
 # See tests/learn/test_training.py for what it must reach and what it measured.
 # CI machines differ: on a 2-core AVX2 AMD EPYC VM it trained in about 32 minutes with
 # Eigen's kernels, past pytest's 900 s limit (oneDNN's, asked for above, train ResNet50
