@@ -326,19 +326,26 @@ def _share(k: int, n: int) -> str:
     return f"{k} / {n} ({100 * k / n:.1f}%)" if n else f"{k} / 0"
 
 
+def _count(n: int, noun: str) -> str:
+    """3, "group" -> "3 groups"; 1, "group" -> "1 group"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(result: AuditResult, report: Path) -> str:
     """The audit in a few lines of text, for the CLI; ``report``: where audit.json went."""
     r = result.report
     g = r["groups"]
     lines = [
-        f"Audited {r['images']} images from '{result.data}' in {r['elapsed_seconds']:.1f} s "
+        f"Audited {_count(r['images'], 'image')} from '{result.data}' in "
+        f"{r['elapsed_seconds']:.1f} s "
         f"(threshold {r['threshold']:.2f}, {len(r['skipped'])} skipped).",
         *skipped_lines(result.skipped, report),
-        f"Near-duplicate groups: {g['count']} holding {g['images']} images "
-        f"(largest {g['largest']}; {g['with_different_labels']} groups mix labels).",
+        f"Near-duplicate groups: {g['count']} holding {_count(g['images'], 'image')} "
+        f"(largest {g['largest']}; {g['with_different_labels']} with mixed labels).",
         f"Consistency: {g['members_matching_anchor']} of {g['members_checked_against_anchor']} "
-        f"members checked match their group's anchor; {g['links_refused_by_merge_check']} "
-        "links refused because the groups they would join did not match.",
+        f"members checked match their group's anchor; "
+        f"{_count(g['links_refused_by_merge_check'], 'link')} refused because the groups they "
+        "would join did not match.",
     ]
     leak = r["leakage"]
     if leak is None:
@@ -347,14 +354,14 @@ def summary(result: AuditResult, report: Path) -> str:
         lines.append(
             f"Images with a near-duplicate in another split: "
             f"{_share(leak['images_with_twin_in_other_split'], r['images'])} "
-            f"in {leak['groups_spanning_splits']} groups"
+            f"in {_count(leak['groups_spanning_splits'], 'group')}"
         )
         for name, pair in leak["split_pairs"].items():
             a, b = name.split("-")
             lines.append(
-                f"  {a}–{b}: {pair['groups']} groups; {pair[f'{a}_images_with_twin_in_{b}']} {a} "
-                f"images have a twin in {b}, {pair[f'{b}_images_with_twin_in_{a}']} {b} images "
-                f"one in {a}"
+                f"  {a}–{b}: {_count(pair['groups'], 'group')}; {a} images with a twin in {b}: "
+                f"{pair[f'{a}_images_with_twin_in_{b}']}, {b} images with one in {a}: "
+                f"{pair[f'{b}_images_with_twin_in_{a}']}"
             )
         lines.append("Per condition (images with a twin in another split):")
         for key, name in zip(KEYS, ENGLISH_NAMES, strict=True):
@@ -365,8 +372,9 @@ def summary(result: AuditResult, report: Path) -> str:
         lines.append(f"Test images with a near-duplicate in train: {_share(t['count'], t['of'])}")
     e = r["exact_duplicates"]
     lines.append(
-        f"Exact duplicates: {e['same_bytes']['sets']} sets of identical files "
-        f"({e['same_bytes']['images']} images), {e['same_pixels']['sets']} sets of identical "
-        f"pixels ({e['same_pixels']['images']} images)."
+        f"Exact duplicates: {_count(e['same_bytes']['sets'], 'set')} of identical files "
+        f"({_count(e['same_bytes']['images'], 'image')}), "
+        f"{_count(e['same_pixels']['sets'], 'set')} of identical pixels "
+        f"({_count(e['same_pixels']['images'], 'image')})."
     )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def test_audit_on_a_labels_csv(tmp_path, real_scalp_dir):
     assert result.report["leakage"]["images_with_twin_in_other_split"] == 6
     written = audit.write_audit(result, tmp_path / "a")
     assert set(written) == {"groups_csv", "contact_sheet", "audit_json"}
-    assert "6 / 6" in audit.summary(result, written["audit_json"])
+    text = audit.summary(result, written["audit_json"])
+    assert "6 / 6" in text
+    assert re.search(r"\b1 (groups|images|links|sets)\b", text) is None, text  # "1 group"
 
 
 def test_a_full_disk_shows_the_findings_then_one_line_and_leaves_no_half_file(
