@@ -425,6 +425,7 @@ def _write_report(result: PrepareResult, config: PrepareConfig, workers: int, ki
         "groups": result.groups,
         "largest_group": result.largest_group,
         "empty_splits": empty_splits(result),
+        "untrained_conditions": untrained_conditions(result),
         "workers": workers,
         "executor": kind,
         "elapsed_s": round(result.elapsed, 3),
@@ -447,8 +448,9 @@ def summary(result: PrepareResult) -> str:
         f"up to date, {len(result.skipped)} skipped; {result.elapsed:.1f} s"
     )
     lines.extend(skipped_lines(result.skipped, result.report_path))
-    if warning := empty_splits(result):
-        lines.append(f"warning: {warning}")
+    for warning in (empty_splits(result), untrained_conditions(result)):
+        if warning:
+            lines.append(f"warning: {warning}")
     lines.append(f"wrote {result.csv_path}")
     return "\n".join(lines)
 
@@ -468,3 +470,20 @@ def empty_splits(result: PrepareResult) -> str | None:
     else:
         why = f"{n} images are too few for three splits"
     return f"{' and '.join(empty)} hold no image ({why}); training needs train and val"
+
+
+def untrained_conditions(result: PrepareResult) -> str | None:
+    """The conditions with images in val or test but none in train, in one phrase; None when
+    every condition that has images has some in train."""
+    missing = [
+        c.english
+        for c in CONDITIONS
+        if not result.counts["train"][c.key] and any(result.counts[s][c.key] for s in SPLITS)
+    ]
+    if not missing:
+        return None
+    has, them, their = ("has", "it", "its") if len(missing) == 1 else ("have", "them", "their")
+    return (
+        f"{', '.join(missing)} {has} images in val or test but none in train: a model cannot "
+        f"learn to recognise {them}, and {their} scores will mean little"
+    )

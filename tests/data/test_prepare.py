@@ -577,6 +577,24 @@ def test_splits_left_empty_are_a_warning_that_says_why(tmp_path):
     assert prepare.empty_splits(run(make_folders(tmp_path / "ok", 10), tmp_path / "o")) is None
 
 
+def test_a_condition_with_no_training_image_is_a_warning(tmp_path):
+    data = tmp_path / "shipped"
+    write_jpeg(data / "train" / CONDITIONS[0].english / "a.jpg", 0, 1)
+    write_jpeg(data / "train" / CONDITIONS[0].english / "b.jpg", 0, 2)
+    for split, seed in (("val", 3), ("test", 4)):
+        write_jpeg(data / split / CONDITIONS[6].english / f"{split}.jpg", 6, seed)
+    result = run(data, tmp_path / "out")
+    warning = (
+        f"{CONDITIONS[6].english} has images in val or test but none in train: a model cannot "
+        "learn to recognise it"
+    )
+    assert f"warning: {warning}" in prepare.summary(result)
+    assert json.loads(result.report_path.read_text())["untrained_conditions"].startswith(warning)
+    assert (
+        prepare.untrained_conditions(run(make_folders(tmp_path / "ok", 10), tmp_path / "o")) is None
+    )
+
+
 def test_summary_lists_every_condition_and_the_totals(kaggle, tmp_path):
     text = prepare.summary(run(kaggle, tmp_path / "out"))
     for name in ENGLISH_NAMES:
