@@ -315,6 +315,16 @@ def compare_runtimes(
     return out
 
 
+def runtime_note(name: str, row: dict) -> str:
+    """One runtime's row of :func:`compare_runtimes` as a line of the report's notes
+    ("n/a" for a metric the split leaves undefined, e.g. ROC AUC with one condition)."""
+    return (
+        f"runtime {name}: top-1 {pct(row['top1_accuracy'])}, macro F1 at tuned "
+        f"{f3(row['macro_f1_at_tuned'])}, macro ROC AUC {f3(row['macro_roc_auc'])}, "
+        f"max |p - keras| {row['max_prob_diff_vs_keras']:.2e}"
+    )
+
+
 def default_command(run_dir: Path, split: str, batch_size: int) -> str:
     """The CLI line that reproduces an evaluation."""
     parts = ["python", "-m", "scalpnet", "evaluate", "--run", str(run_dir), "--split", split]
@@ -388,12 +398,7 @@ def evaluate(
         sections["notes"].append(f"evaluated on the {split} split {fitted}: optimistic")
     if len(by_runtime) > 1:
         sections["runtimes"] = compare_runtimes(y, by_runtime, calibration, thresholds)
-        for name, row in sections["runtimes"].items():
-            sections["notes"].append(
-                f"runtime {name}: top-1 {row['top1_accuracy']:.2%}, macro F1 at tuned "
-                f"{row['macro_f1_at_tuned']:.3f}, macro ROC AUC {row['macro_roc_auc']:.3f}, "
-                f"max |p - keras| {row['max_prob_diff_vs_keras']:.2e}"
-            )
+        sections["notes"] += [runtime_note(k, row) for k, row in sections["runtimes"].items()]
     training_command = card.get("command") or (card.get("training") or {}).get("command")
     metrics = {
         "schema": 1,

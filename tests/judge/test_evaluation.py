@@ -238,3 +238,18 @@ def test_report_from_arrays_labels_threshold_dependent_notes(tmp_path):
     assert text.rstrip().endswith("```")
     path = evaluation_report.write_report(tmp_path / "report.md", metrics, {})
     assert path.read_text(encoding="utf-8") == text
+
+
+def test_runtimes_compared_on_a_split_with_one_condition_read_n_a():
+    """A split holding one condition leaves ROC AUC undefined (None): its runtime notes say
+    "n/a" instead of failing to format it."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((12, NUM_CLASSES), np.uint8)
+    y[:, 6] = 1
+    probs = rng.uniform(0.05, 0.95, (12, NUM_CLASSES)).astype(np.float32)
+    by_runtime = {"keras": probs, "onnx-int8": np.clip(probs + 0.01, 0, 1)}
+    rows = evaluation.compare_runtimes(y, by_runtime, Calibration.identity(), np.full(10, 0.5))
+    assert rows["keras"]["macro_roc_auc"] is None
+    notes = [evaluation.runtime_note(name, row) for name, row in rows.items()]
+    assert notes[0].startswith("runtime keras: top-1 ") and "macro ROC AUC n/a" in notes[0]
+    assert notes[1].endswith("max |p - keras| 1.00e-02")
