@@ -162,6 +162,25 @@ def test_a_folder_stands_for_the_images_in_it(corpus, run_dir, tmp_path, capsys)
     assert "b.jpg" in out and "top:" in out
 
 
+def test_images_go_through_in_batches_in_order_whatever_fails(corpus, run_dir):
+    """Pixels are prepared one batch at a time; a bad file in a batch costs only itself."""
+    from scalpnet.serve import predict_verb
+
+    good, bad = list(corpus["good"].values())[:5], corpus["bad"]["truncated"]
+    images = (*good[:2], bad, *good[2:])
+    at_once = predict_verb.run_predict(predict_verb.PredictConfig(images=images, run=run_dir))
+    in_twos = predict_verb.run_predict(
+        predict_verb.PredictConfig(images=images, run=run_dir, batch_size=2)
+    )
+    for report in (at_once, in_twos):
+        assert [r.image for r in report.results] == [str(p) for p in good]
+        assert [image for image, _ in report.errors] == [str(bad)]
+    for a, b in zip(at_once.results, in_twos.results, strict=True):
+        np.testing.assert_allclose(
+            a.prediction.probabilities, b.prediction.probabilities, atol=1e-5
+        )
+
+
 def test_text_output_names_conditions_and_exit_code_zero(corpus, run_dir, capsys, tmp_path):
     cam = tmp_path / "cam.png"
     code = cli.main(

@@ -131,15 +131,16 @@ def run_predict(config: PredictConfig) -> PredictReport:
 
     predictor = Predictor.load(config.run, sha256=config.sha256, runtime=config.runtime)
     images, errors = expand_folders(config.images)
-    prepared = []
-    for index, image in enumerate(images):
-        try:
-            prepared.append((index, image, predictor.prepare(image)))
-        except InvalidImageError as exc:
-            errors.append((os.fspath(image), str(exc)))
-    results = []
-    for start in range(0, len(prepared), max(1, config.batch_size)):
-        chunk = prepared[start : start + config.batch_size]
+    results, step = [], max(1, config.batch_size)
+    for start in range(0, len(images), step):  # one batch of pixels in memory at a time
+        chunk = []
+        for index, image in enumerate(images[start : start + step], start):
+            try:
+                chunk.append((index, image, predictor.prepare(image)))
+            except InvalidImageError as exc:
+                errors.append((os.fspath(image), str(exc)))
+        if not chunk:
+            continue
         predictions = predictor.predict_prepared([item for *_, item in chunk], tta=config.tta)
         for (index, image, _), prediction in zip(chunk, predictions, strict=True):
             written = ()
