@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scalpnet.data.preprocess import IMAGE_KINDS
 from scalpnet.errors import DatasetError
 from scalpnet.labels import ENGLISH_NAMES, KEYS, NUM_CLASSES, find_condition
 
@@ -179,7 +180,7 @@ def discover(data: Path, exclude: Path | None = None) -> Discovery:
     if not found.items:
         raise DatasetError(
             f"no images found in '{data}'; expected class folders named like "
-            f"{ENGLISH_NAMES[0]!r} holding JPEG/PNG/WebP/BMP/TIFF/GIF/HEIC files"
+            f"{ENGLISH_NAMES[0]!r} holding image files ({IMAGE_KINDS})"
         )
     return found
 

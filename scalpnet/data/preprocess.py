@@ -24,6 +24,7 @@ DEFAULT_SIZE = 256
 MEDIAN_KERNEL = 3
 # Decompression-bomb guard: refuse before decoding any pixels.
 MAX_PIXELS = 50_000_000
+IMAGE_KINDS = "JPEG, PNG, WebP, BMP, TIFF, GIF or HEIC"  # what load_image reads, for messages
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -154,8 +155,7 @@ def load_image(
         raise
     except UnidentifiedImageError:
         raise InvalidImageError(
-            f"{what} is not an image Pillow can read (expected JPEG, PNG, WebP, BMP, "
-            "TIFF, GIF or HEIC)",
+            f"{what} is not an image Pillow can read (expected {IMAGE_KINDS})",
             "not_an_image",
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -120,8 +120,8 @@ def expand_folders(paths: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str,
         elif found := images_in(Path(path)):
             images += found
         else:
-            kinds = "JPEG, PNG, WebP, BMP, TIFF, GIF or HEIC"
-            errors.append((os.fspath(path), f"the folder '{path}' holds no image files ({kinds})"))
+            message = f"the folder '{path}' holds no image files ({preprocess.IMAGE_KINDS})"
+            errors.append((os.fspath(path), message))
     return images, errors
 
 
